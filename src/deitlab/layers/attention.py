@@ -1,0 +1,99 @@
+"""Multi-head self-attention and DeepViT re-attention.
+
+``Attention.forward`` uses :func:`torch.nn.functional.scaled_dot_product_attention` (fused kernels);
+``Attention.forward_with_attn`` computes the same thing explicitly and also returns the attention
+maps ``(B, heads, N, N)`` that the analysis tools need. The two paths agree to float precision.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused ``qkv`` projection (timm key names ``qkv``/``proj``)."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(
+                f"embed_dim={dim} is not divisible by num_heads={num_heads}; "
+                f"choose num_heads from the divisors of {dim}"
+            )
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, heads, head_dim)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, heads, N, head_dim)
+        return qkv.unbind(0)
+
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, N, Dh = x.shape
+        x = x.transpose(1, 2).reshape(B, N, H * Dh)  # (B, N, D)
+        return self.proj_drop(self.proj(x))
+
+    def attention_map(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """softmax(q kᵀ / √d) followed by attention dropout, ``(B, heads, N, N)``."""
+        attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
+        return self.attn_drop(attn.softmax(dim=-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._qkv(x)  # each (B, heads, N, head_dim)
+        drop = self.attn_drop.p if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, heads, N, head_dim)
+        return self._out(x)
+
+    def forward_with_attn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Explicit path: returns the output and the attention map that multiplied ``v``."""
+        q, k, v = self._qkv(x)
+        attn = self.attention_map(q, k)  # (B, heads, N, N)
+        return self._out(attn @ v), attn
+
+
+class ReAttention(Attention):
+    """DeepViT re-attention (Zhou et al., 2021): ``Norm(Θᵀ softmax(QKᵀ/√d)) V``.
+
+    As in the official code (zhoudaquan/dvit_repo, ``models/layers.py``): Θ is a 1×1 ``Conv2d`` over the head
+    axis with bias (``reatten_matrix``), Norm is ``BatchNorm2d`` over heads (``var_norm``), applied after
+    attention dropout, optionally followed by multiplication with ``head_dim ** -0.5`` (``transform_scale``).
+    The map is always materialised, so the fused kernel is never used here.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        transform_scale: bool = False,
+    ) -> None:
+        super().__init__(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.reatten_matrix = nn.Conv2d(num_heads, num_heads, kernel_size=1)  # Θ, mixes the heads' maps
+        self.var_norm = nn.BatchNorm2d(num_heads)
+        self.reatten_scale = self.scale if transform_scale else 1.0
+
+    def attention_map(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        attn = super().attention_map(q, k)  # (B, heads, N, N)
+        return self.var_norm(self.reatten_matrix(attn)) * self.reatten_scale  # heads mixed, (B, heads, N, N)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_attn(x)[0]
