@@ -112,7 +112,7 @@ def create_model(name: str, *, checkpoint: str | Path | None = None, **overrides
     model.model_name = name  # type: ignore[assignment]
     model.model_kwargs = dict(overrides)  # type: ignore[assignment]  # enough to rebuild: name + overrides
     if checkpoint is not None:
-        from deitlab.models.convert import load_checkpoint
+        from deitlab.models._checkpoint import load_checkpoint
 
         load_checkpoint(model, checkpoint, allow_new_head="num_classes" in overrides)
     return model

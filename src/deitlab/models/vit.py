@@ -83,7 +83,9 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
         attn_kw = dict(num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
-        self.attn = ReAttention(dim, transform_scale=transform_scale, **attn_kw) if reattention else Attention(dim, **attn_kw)
+        self.attn = (
+            ReAttention(dim, transform_scale=transform_scale, **attn_kw) if reattention else Attention(dim, **attn_kw)
+        )
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
@@ -425,6 +427,8 @@ _4GF_STEM_VARIANTS = {
 for _flops, _cfg in _VIT_PC.items():
     register_vit(f"vit_p_{_flops}", family="vit_p", **_cfg)
     # ViT_C drops one block to pay for its stem.
-    register_vit(f"vit_c_{_flops}", family="vit_c", stem="conv", **{**_cfg, "depth": _cfg["depth"] - 1}, **_C_STEMS[_flops])
+    register_vit(
+        f"vit_c_{_flops}", family="vit_c", stem="conv", **{**_cfg, "depth": _cfg["depth"] - 1}, **_C_STEMS[_flops]
+    )
 for _variant, _stem in _4GF_STEM_VARIANTS.items():
     register_vit(f"vit_c_4gf_{_variant}", family="vit_c", stem="conv", **{**_VIT_PC["4gf"], "depth": 11}, **_stem)
