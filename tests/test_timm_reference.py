@@ -53,10 +53,7 @@ def test_state_dict_keys_and_shapes_equal_timm(name: str) -> None:
         f"other shape {[k for k in ours.keys() & theirs.keys() if ours[k] != theirs[k]][:5]}"
     )
     assert _nparams(model) == TIMM_KEYS[name]["num_params"]
-    # The order matters to nothing that loads by name; it is equal too except for the distilled ViTs, where timm
-    # re-creates ``pos_embed`` after ``dist_token`` and so lists it first.
-    if "distilled" not in name:
-        assert list(ours) == list(theirs)
+    assert list(ours) == list(theirs)  # the same order too (cls_token, pos_embed, dist_token, ...)
 
 
 @pytest.mark.parametrize(("name", "count"), [("regnety_160", 83_590_140), ("regnety_002", 3_162_996)])

@@ -79,12 +79,15 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         reattention: bool = False,
         transform_scale: bool = False,
+        attn_impl: str = "auto",
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
         attn_kw = dict(num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         self.attn = (
-            ReAttention(dim, transform_scale=transform_scale, **attn_kw) if reattention else Attention(dim, **attn_kw)
+            ReAttention(dim, transform_scale=transform_scale, **attn_kw)
+            if reattention
+            else Attention(dim, attn_impl=attn_impl, **attn_kw)
         )
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
@@ -154,6 +157,8 @@ class VisionTransformer(nn.Module):
             ``"cnn"`` (DeepViT's 7×7/3×3 CNN embedding).
         reattention: DeepViT re-attention for all blocks (bool) or per block (one flag each).
         transform_scale: multiply re-attention maps by ``head_dim ** -0.5`` (DeepViT-S).
+        attn_impl: kernel of the plain-attention blocks: ``"auto"`` (explicit when training on the CPU, fused
+            SDPA otherwise), ``"sdpa"`` or ``"explicit"``.
         scale_adjustment: DeepViT-S/L residual scaling; 1.0 means the plain block.
     """
 
@@ -181,6 +186,7 @@ class VisionTransformer(nn.Module):
         reattention: bool | Sequence[bool] = False,
         transform_scale: bool = False,
         scale_adjustment: float = 1.0,
+        attn_impl: str = "auto",
     ) -> None:
         super().__init__()
         for arg, value in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, in_chans=in_chans).items():
@@ -203,13 +209,13 @@ class VisionTransformer(nn.Module):
             stem, img_size, patch_size, in_chans, embed_dim, stem_kernels, stem_strides, stem_channels
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self._init_prefix_tokens(embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.patch_embed.num_patches, embed_dim))
+        self._init_prefix_tokens(embed_dim)  # after pos_embed: timm's key order
         self.pos_drop = nn.Dropout(drop_rate)
         flags = _reattention_flags(reattention, depth)
         block_kw = dict(
             num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=drop_rate,
-            attn_drop=attn_drop_rate, transform_scale=transform_scale,
+            attn_drop=attn_drop_rate, transform_scale=transform_scale, attn_impl=attn_impl,
         )  # fmt: skip
         if scale_adjustment != 1.0:
             block_kw["scale_adjustment"] = scale_adjustment

@@ -1,0 +1,82 @@
+"""Batches straight from an in-memory :class:`~deitlab.data.datasets.ImageSet`: one tensor index per batch.
+
+No per-image workers: the sampler's epoch order is cut into batches and each batch is ``images[idx]``. The
+augmentation then runs batched on the device (``augment.py``), so the loader is never the bottleneck for
+data sets that fit in memory. For those that do not, see ``ImageFolderStream``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+
+from deitlab.data.datasets import ImageSet
+from deitlab.data.samplers import RASampler
+from deitlab.errors import ConfigError
+
+
+class BatchLoader:
+    """Yield ``(uint8 images (B, C, H, W), int64 labels (B,))`` in the sampler's order.
+
+    Args:
+        dataset: the in-memory image set.
+        batch_size: samples per batch.
+        sampler: a :class:`RASampler` (or :class:`ShuffleSampler`) over ``len(dataset)`` samples.
+        drop_last: drop the last incomplete batch (training) or keep it (evaluation).
+        device: move each batch there (``non_blocking`` from pinned memory when ``pin_memory``).
+        pin_memory: pin the batch before a CUDA copy.
+
+    To resume mid-epoch, ``set_epoch(e)`` then ``skip(k)``: the next iteration starts at batch ``k`` of epoch
+    ``e`` (the batches are the same as in an uninterrupted run); later iterations start at 0 again.
+    """
+
+    def __init__(
+        self,
+        dataset: ImageSet,
+        *,
+        batch_size: int,
+        sampler: RASampler,
+        drop_last: bool,
+        device: torch.device | str | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        if sampler.num_samples != len(dataset):
+            raise ConfigError(
+                f"sampler covers {sampler.num_samples} samples but {dataset.name} has {len(dataset)}; build the "
+                "sampler with num_samples=len(dataset)"
+            )
+        self.dataset, self.batch_size, self.sampler, self.drop_last = dataset, int(batch_size), sampler, drop_last
+        self.device = None if device is None else torch.device(device)
+        self.pin_memory = pin_memory
+        self._start = 0
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def skip(self, n_batches: int) -> None:
+        """Start the next iteration at batch ``n_batches`` (0 <= n_batches <= len(self))."""
+        if not 0 <= n_batches <= len(self):
+            raise ConfigError(f"cannot skip {n_batches} batches of an epoch that has {len(self)}")
+        self._start = int(n_batches)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.sampler.epoch_indices()
+        start, self._start = self._start, 0
+        images, labels = self.dataset.images, self.dataset.labels
+        for b in range(start, len(self)):
+            idx = order[b * self.batch_size: (b + 1) * self.batch_size]
+            x, y = images[idx], labels[idx]
+            if self.device is not None:
+                if self.pin_memory and self.device.type == "cuda":
+                    x, y = x.pin_memory(), y.pin_memory()
+                x = x.to(self.device, non_blocking=self.pin_memory)
+                y = y.to(self.device, non_blocking=self.pin_memory)
+            yield x, y

@@ -1,0 +1,402 @@
+"""RandAugment on uint8 batches with timm's config strings and op semantics, vectorised per op.
+
+Config string ``rand-<section>-<section>...`` (timm ``rand_augment_transform``), sections in any order:
+
+==========  =====================================================================  =========
+section     meaning                                                                default
+==========  =====================================================================  =========
+``mM``      magnitude M (0..mmax)                                                  10
+``nN``      ops per image                                                          2
+``pP``      probability of applying each chosen op                                 0.5
+``mstdS``   per-application magnitude noise N(M, S); S > 100 = uniform in [0, M]    0
+``mmaxX``   clamp magnitudes to [0, X]                                             10
+``incI``    1 = the "increasing" op set (severity grows with M, as DeiT uses)     0
+==========  =====================================================================  =========
+
+Per image and layer (n layers in sequence), one op is drawn uniformly *with replacement* from the op set, applied
+with probability ``p`` with magnitude ``m = clamp(N(M, S), 0, mmax)``; signed ops flip sign with probability 0.5.
+Each op runs once per layer on the sub-batch that drew it, with per-sample magnitudes. The level -> argument maps
+follow timm's ``auto_augment.py`` (``m`` in units of 1/10):
+
+======================  ==========================================  =============================================
+op                      argument from magnitude m                   effect (PIL semantics)
+======================  ==========================================  =============================================
+AutoContrast            --                                          per-channel min..max stretched to 0..255
+Equalize                --                                          per-channel histogram equalisation (PIL)
+Invert                  --                                          255 - x
+Rotate                  deg = +-30 m/10                             rotate about the centre, counter-clockwise
+Posterize               bits = int(4 m/10)                          keep the top ``bits`` bits (0 -> black)
+PosterizeIncreasing     bits = 4 - int(4 m/10)                      same
+Solarize                t = min(256, int(256 m/10))                 x >= t -> 255 - x
+SolarizeIncreasing      t = 256 - min(256, int(256 m/10))           same
+SolarizeAdd             a = min(128, int(110 m/10))                 x < 128 -> min(255, x + a)
+Color                   f = 1.8 m/10 + 0.1                          blend(gray(x), x, f)
+ColorIncreasing         f = max(0.1, 1 +- 0.9 m/10)                 same
+Contrast(Increasing)    as Color(Increasing)                        blend(mean of gray(x), x, f)
+Brightness(Increasing)  as Color(Increasing)                        blend(0, x, f)
+Sharpness(Increasing)   as Color(Increasing)                        blend(3x3 SMOOTH(x), x, f), border kept
+ShearX / ShearY         s = +-0.3 m/10                              x_in = x + s*y / y_in = y + s*x (origin top-left)
+TranslateXRel / YRel    d = +-0.45 m/10 * width / height            x_in = x + d / y_in = y + d
+======================  ==========================================  =============================================
+
+Blends truncate like PIL's ``Image.blend`` (``floor(clamp(a + f (b - a), 0, 255))``). Geometric ops use one
+``grid_sample`` on the sub-batch with the fill colour (timm default (128, 128, 128); ``TrainAugment`` passes
+``round(255 * mean)`` like timm's ``create_transform``). Two deliberate differences from timm: the interpolation
+is fixed (timm's default picks bilinear or bicubic at random per call), and ``bits = 0`` posterises to black as
+older Pillow did (Pillow >= 11 raises for it, which crashes timm's ``inc1`` at magnitude 10).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from deitlab.data.augment import _check_interp, as_generator, rand, warp_affine
+from deitlab.errors import ConfigError
+
+LEVEL_DENOM = 10.0
+
+RAND_TRANSFORMS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast",
+    "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
+)
+RAND_INCREASING_TRANSFORMS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
+    "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY",
+    "TranslateXRel", "TranslateYRel",
+)
+
+
+# ----------------------------------------------------------------------------------------------- pixel ops
+# Every op maps a uint8 (k, C, H, W) sub-batch and a float (k,) argument to a uint8 sub-batch.
+
+
+def _v(t: torch.Tensor) -> torch.Tensor:
+    return t.view(-1, 1, 1, 1)
+
+
+def invert(x: torch.Tensor, _arg=None) -> torch.Tensor:
+    return 255 - x
+
+
+def posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    shift = (8 - bits.clamp(0, 8)).to(torch.int32)
+    mask = ((255 >> shift) << shift).to(torch.uint8)  # bits=0 -> mask 0 -> black
+    return x & _v(mask.to(x.device))
+
+
+def solarize(x: torch.Tensor, thresh: torch.Tensor) -> torch.Tensor:
+    return torch.where(x.to(torch.int16) >= _v(thresh.to(x.device)), 255 - x, x)
+
+
+def solarize_add(x: torch.Tensor, add: torch.Tensor, thresh: int = 128) -> torch.Tensor:
+    added = (x.to(torch.int16) + _v(add.to(x.device, torch.int16))).clamp_(max=255).to(torch.uint8)
+    return torch.where(x < thresh, added, x)
+
+
+def _apply_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """Per-(image, channel) lookup: ``lut`` is ``(k, C, 256)``."""
+    k, c, h, w = x.shape
+    out = lut.to(torch.uint8).reshape(k * c, 256).gather(1, x.reshape(k * c, h * w).long())
+    return out.view(k, c, h, w)
+
+
+def _histogram(x: torch.Tensor) -> torch.Tensor:
+    """Per-(image, channel) 256-bin histograms ``(k, C, 256)``, int64, via one ``bincount``."""
+    k, c = x.shape[:2]
+    offs = torch.arange(k * c, device=x.device).view(k * c, 1) * 256
+    flat = (x.reshape(k * c, -1).long() + offs).view(-1)
+    return torch.bincount(flat, minlength=k * c * 256).view(k, c, 256)
+
+
+def auto_contrast(x: torch.Tensor, _arg=None) -> torch.Tensor:
+    lo = x.amin(dim=(2, 3)).double()  # (k, C)
+    hi = x.amax(dim=(2, 3)).double()
+    scale = 255.0 / (hi - lo).clamp(min=1)
+    offset = -lo * scale
+    levels = torch.arange(256, device=x.device, dtype=torch.float64)
+    lut = torch.floor(levels * scale[..., None] + offset[..., None]).clamp_(0, 255)  # int() as PIL
+    lut = torch.where((hi > lo)[..., None], lut, levels)
+    return _apply_lut(x, lut)
+
+
+def equalize(x: torch.Tensor, _arg=None) -> torch.Tensor:
+    """PIL ``ImageOps.equalize`` per image and channel: ``lut[i] = (step // 2 + cdf_excl[i]) // step`` where
+    ``step = (N - count of the last non-empty bin) // 255``; identity when ``step == 0``."""
+    hist = _histogram(x)  # (k, C, 256)
+    levels = torch.arange(256, device=x.device)
+    last = torch.where(hist > 0, levels, -1).amax(dim=-1, keepdim=True)  # index of last non-empty bin
+    total = hist.sum(dim=-1, keepdim=True)
+    step = (total - hist.gather(-1, last.clamp(min=0))) // 255
+    cdf_excl = hist.cumsum(-1) - hist
+    lut = (step // 2 + cdf_excl) // step.clamp(min=1)
+    lut = torch.where(step > 0, lut.clamp(max=255), levels)
+    return _apply_lut(x, lut)
+
+
+def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL ``Image.blend(degenerate, x, factor)``: ``floor(clamp(d + f (x - d), 0, 255))``."""
+    d = degenerate.float()
+    out = d + _v(factor.to(x.device, torch.float32)) * (x.float() - d)
+    return out.clamp_(0, 255).floor_().to(torch.uint8)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """PIL's RGB -> L conversion (ITU-R 601-2 luma in 16-bit fixed point), ``(k, 1, H, W)`` int32."""
+    if x.shape[1] == 1:
+        return x.to(torch.int32)
+    r, g, b = x[:, 0:1].to(torch.int32), x[:, 1:2].to(torch.int32), x[:, 2:3].to(torch.int32)
+    return (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
+
+
+def color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x  # PIL's Color on an L image blends the image with itself
+    return _blend(_gray(x).expand_as(x), x, factor)
+
+
+def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    mean = torch.floor(_gray(x).double().mean(dim=(1, 2, 3)) + 0.5)  # int(mean + 0.5), PIL ImageStat
+    return _blend(_v(mean).float().expand_as(x), x, factor)
+
+
+def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(torch.zeros((), device=x.device).expand_as(x), x, factor)
+
+
+def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with PIL's SMOOTH filter (3x3 kernel 1 1 1 / 1 5 1 / 1 1 1, /13, rounded; border pixels kept)."""
+    k, c, h, w = x.shape
+    if h < 3 or w < 3:
+        return x
+    kernel = torch.ones(3, 3, device=x.device)
+    kernel[1, 1] = 5
+    kernel = (kernel / 13).expand(c, 1, 3, 3)
+    smooth = F.conv2d(x.float(), kernel, groups=c).add_(0.5).floor_().clamp_(0, 255)
+    degenerate = x.float()
+    degenerate[:, :, 1:-1, 1:-1] = smooth
+    return _blend(degenerate, x, factor)
+
+
+def _geometric(x: torch.Tensor, matrix: torch.Tensor, fill: torch.Tensor, interpolation: str) -> torch.Tensor:
+    """Warp with ``matrix`` ``(k, 2, 3)`` mapping output pixel coordinates to input ones (PIL's affine data)."""
+    k, _, h, w = x.shape
+    # Pixel coords p = (n + 1) * size / 2 for normalised n; convert the pixel-space map to normalised space.
+    a, b, c = matrix[:, 0, 0], matrix[:, 0, 1], matrix[:, 0, 2]
+    d, e, f = matrix[:, 1, 0], matrix[:, 1, 1], matrix[:, 1, 2]
+    theta = torch.empty(k, 2, 3)
+    theta[:, 0, 0] = a
+    theta[:, 0, 1] = b * h / w
+    theta[:, 0, 2] = a + b * h / w + 2 * c / w - 1
+    theta[:, 1, 0] = d * w / h
+    theta[:, 1, 1] = e
+    theta[:, 1, 2] = d * w / h + e + 2 * f / h - 1
+    return warp_affine(x, theta, interpolation=interpolation, fill=fill)
+
+
+def _affine(a, b, c, d, e, f) -> torch.Tensor:
+    return torch.stack([torch.stack([a, b, c], -1), torch.stack([d, e, f], -1)], -2)
+
+
+# ----------------------------------------------------------------------------------------------- level -> argument
+
+def _signed(level, sign):
+    return level * sign
+
+
+_LEVELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "Rotate": lambda m, s: _signed(m / LEVEL_DENOM * 30.0, s),
+    "Posterize": lambda m, s: torch.floor(m / LEVEL_DENOM * 4),
+    "PosterizeIncreasing": lambda m, s: 4 - torch.floor(m / LEVEL_DENOM * 4),
+    "Solarize": lambda m, s: torch.floor(m / LEVEL_DENOM * 256).clamp(max=256),
+    "SolarizeIncreasing": lambda m, s: 256 - torch.floor(m / LEVEL_DENOM * 256).clamp(max=256),
+    "SolarizeAdd": lambda m, s: torch.floor(m / LEVEL_DENOM * 110).clamp(max=128),
+    "Enhance": lambda m, s: m / LEVEL_DENOM * 1.8 + 0.1,
+    "EnhanceIncreasing": lambda m, s: (1.0 + _signed(m / LEVEL_DENOM * 0.9, s)).clamp(min=0.1),
+    "Shear": lambda m, s: _signed(m / LEVEL_DENOM * 0.3, s),
+    "TranslateRel": lambda m, s: _signed(m / LEVEL_DENOM * 0.45, s),
+}
+
+_PIXEL_OPS: dict[str, tuple[Callable, str | None]] = {
+    "AutoContrast": (auto_contrast, None),
+    "Equalize": (equalize, None),
+    "Invert": (invert, None),
+    "Posterize": (posterize, "Posterize"),
+    "PosterizeIncreasing": (posterize, "PosterizeIncreasing"),
+    "Solarize": (solarize, "Solarize"),
+    "SolarizeIncreasing": (solarize, "SolarizeIncreasing"),
+    "SolarizeAdd": (solarize_add, "SolarizeAdd"),
+    "Color": (color, "Enhance"),
+    "ColorIncreasing": (color, "EnhanceIncreasing"),
+    "Contrast": (contrast, "Enhance"),
+    "ContrastIncreasing": (contrast, "EnhanceIncreasing"),
+    "Brightness": (brightness, "Enhance"),
+    "BrightnessIncreasing": (brightness, "EnhanceIncreasing"),
+    "Sharpness": (sharpness, "Enhance"),
+    "SharpnessIncreasing": (sharpness, "EnhanceIncreasing"),
+}
+GEOMETRIC_OPS = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+ALL_OPS = tuple(_PIXEL_OPS) + GEOMETRIC_OPS
+
+
+def geometric_matrix(name: str, arg: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """PIL affine data ``(k, 2, 3)`` (output pixel -> input pixel) of a geometric op with argument ``arg``."""
+    one, zero = torch.ones_like(arg), torch.zeros_like(arg)
+    if name == "ShearX":
+        return _affine(one, arg, zero, zero, one, zero)
+    if name == "ShearY":
+        return _affine(one, zero, zero, arg, one, zero)
+    if name == "TranslateXRel":
+        return _affine(one, zero, arg * width, zero, one, zero)
+    if name == "TranslateYRel":
+        return _affine(one, zero, zero, zero, one, arg * height)
+    if name == "Rotate":  # PIL Image.rotate: counter-clockwise by `arg` degrees about the centre
+        t = -torch.deg2rad(arg)
+        cx, cy = width / 2.0, height / 2.0
+        cos, sin = torch.cos(t), torch.sin(t)
+        return _affine(cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy)
+    raise ConfigError(f"unknown geometric op {name!r}; choose one of {', '.join(GEOMETRIC_OPS)}")
+
+
+def apply_op(
+    name: str,
+    x: torch.Tensor,
+    magnitude: torch.Tensor | float,
+    sign: torch.Tensor | float = 1.0,
+    *,
+    fill: Sequence[float] | float = 128,
+    interpolation: str = "bilinear",
+) -> torch.Tensor:
+    """Apply RandAugment op ``name`` to every image of a uint8 batch with per-sample ``magnitude`` (0..mmax).
+
+    ``sign`` (+-1 per sample) picks the direction of the signed ops. Useful on its own for tests and visualisation.
+    """
+    if x.dtype != torch.uint8 or x.ndim != 4:
+        raise ConfigError(f"RandAugment ops expect a uint8 (B, C, H, W) batch, got {x.dtype} {tuple(x.shape)}")
+    k, c, h, w = x.shape
+    m = torch.as_tensor(magnitude, dtype=torch.float32).expand(k).cpu()
+    s = torch.as_tensor(sign, dtype=torch.float32).expand(k).cpu()
+    if name in _PIXEL_OPS:
+        fn, level = _PIXEL_OPS[name]
+        return fn(x, None if level is None else _LEVELS[level](m, s))
+    if name not in GEOMETRIC_OPS:
+        raise ConfigError(f"unknown RandAugment op {name!r}; choose one of {', '.join(ALL_OPS)}")
+    level = {"Rotate": "Rotate", "ShearX": "Shear", "ShearY": "Shear"}.get(name, "TranslateRel")
+    fill_t = torch.as_tensor(fill, dtype=torch.float32).flatten()
+    if fill_t.numel() == 1:
+        fill_t = fill_t.expand(c)
+    if fill_t.numel() != c:
+        raise ConfigError(f"fill={tuple(fill_t.tolist())} needs 1 or {c} values (one per channel)")
+    return _geometric(x, geometric_matrix(name, _LEVELS[level](m, s), h, w), fill_t, interpolation)
+
+
+# ----------------------------------------------------------------------------------------------- the policy
+
+
+def parse_rand_augment(config: str) -> dict:
+    """Parse a timm RandAugment string into ``num_ops, magnitude, prob, magnitude_std, magnitude_max, increasing``."""
+    parts = config.split("-")
+    if parts[0] != "rand":
+        raise ConfigError(f"RandAugment config {config!r} must start with 'rand', e.g. 'rand-m9-mstd0.5-inc1'")
+    out = {"num_ops": 2, "magnitude": 10.0, "prob": 0.5, "magnitude_std": 0.0, "magnitude_max": LEVEL_DENOM,
+           "increasing": False}
+    for sec in parts[1:]:
+        m = re.fullmatch(r"([a-z]+)(\d.*)", sec)
+        key, val = (m.group(1), m.group(2)) if m else (sec, "")
+        try:
+            if key == "m":
+                out["magnitude"] = float(int(val))
+            elif key == "n":
+                out["num_ops"] = int(val)
+            elif key == "p":
+                out["prob"] = float(val)
+            elif key == "mstd":
+                std = float(val)
+                out["magnitude_std"] = math.inf if std > 100 else std
+            elif key == "mmax":
+                out["magnitude_max"] = float(int(val))
+            elif key == "inc":
+                out["increasing"] = bool(int(val))
+            else:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(
+                f"RandAugment config {config!r}: cannot read section {sec!r}; allowed sections mM, nN, pP, "
+                "mstdS, mmaxX, incI (e.g. 'rand-m9-mstd0.5-inc1')"
+            ) from None
+    if out["num_ops"] < 0 or not 0 <= out["prob"] <= 1 or out["magnitude_std"] < 0:
+        raise ConfigError(f"RandAugment config {config!r}: need n >= 0, 0 <= p <= 1 and mstd >= 0")
+    return out
+
+
+class RandAugment:
+    """timm-compatible RandAugment for uint8 batches; see the module docstring for the op table.
+
+    Args:
+        config: timm string, e.g. ``"rand-m9-mstd0.5-inc1"`` (DeiT).
+        fill: colour (0..255, scalar or per channel) for pixels that geometric ops move in from outside.
+        interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"`` for the geometric ops.
+        ops: override the op set (names from :data:`ALL_OPS`).
+    """
+
+    def __init__(
+        self,
+        config: str = "rand-m9-mstd0.5-inc1",
+        *,
+        fill: Sequence[float] | float = 128,
+        interpolation: str = "bilinear",
+        ops: Sequence[str] | None = None,
+    ) -> None:
+        _check_interp(interpolation)
+        self.config = config
+        cfg = parse_rand_augment(config)
+        self.num_ops, self.magnitude, self.prob = cfg["num_ops"], cfg["magnitude"], cfg["prob"]
+        self.magnitude_std, self.magnitude_max = cfg["magnitude_std"], cfg["magnitude_max"]
+        self.ops = tuple(ops) if ops is not None else (
+            RAND_INCREASING_TRANSFORMS if cfg["increasing"] else RAND_TRANSFORMS
+        )
+        unknown = [o for o in self.ops if o not in ALL_OPS]
+        if unknown or not self.ops:
+            raise ConfigError(f"unknown RandAugment op(s) {unknown or '(empty set)'}; choose from {', '.join(ALL_OPS)}")
+        self.fill, self.interpolation = fill, interpolation
+
+    def sample_magnitudes(self, n: int, g: torch.Generator) -> torch.Tensor:
+        """``n`` magnitudes: ``N(M, mstd)`` (or ``U(0, M)`` when mstd is infinite), clamped to ``[0, mmax]``."""
+        if math.isinf(self.magnitude_std):
+            m = rand(n, g).cpu() * self.magnitude
+        elif self.magnitude_std > 0:
+            m = self.magnitude + self.magnitude_std * torch.randn(n, generator=g, device=g.device).cpu()
+        else:
+            m = torch.full((n,), self.magnitude)
+        return m.clamp(0.0, self.magnitude_max)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | int | None = None) -> torch.Tensor:
+        if x.dtype != torch.uint8 or x.ndim != 4:
+            raise ConfigError(f"RandAugment expects a uint8 (B, C, H, W) batch, got {x.dtype} {tuple(x.shape)}")
+        g = as_generator(generator)
+        b = x.shape[0]
+        for _ in range(self.num_ops):
+            # Draw every random number of the layer up front, so the stream does not depend on the data.
+            choice = torch.randint(len(self.ops), (b,), generator=g, device=g.device).cpu()
+            apply = rand(b, g).cpu() < self.prob
+            mag = self.sample_magnitudes(b, g)
+            sign = torch.where(rand(b, g).cpu() > 0.5, -1.0, 1.0)
+            out = None
+            for k, name in enumerate(self.ops):
+                idx = (apply & (choice == k)).nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    continue
+                if out is None:
+                    out = x.clone()
+                dev_idx = idx.to(x.device)
+                out[dev_idx] = apply_op(name, x[dev_idx], mag[idx], sign[idx], fill=self.fill,
+                                        interpolation=self.interpolation)
+            x = x if out is None else out
+        return x
+
+    def __repr__(self) -> str:
+        return f"RandAugment({self.config!r}, fill={self.fill}, interpolation={self.interpolation!r})"
