@@ -214,7 +214,7 @@ def read_idx(path: str | Path, ndim: int | None = None) -> np.ndarray:
             f"idx file {path} holds {len(raw)} bytes but its header {dims} needs {expected}; "
             "the file is truncated or corrupt"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()  # writable, owns its memory
 
 
 def _find_file(roots: Sequence[Path], stem: str, hint: str) -> Path:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deitlab.data.augment import as_generator, rand
+from deitlab.data.augment import as_generator, chunks, rand
 from deitlab.errors import ConfigError
 
 
@@ -135,7 +135,10 @@ class Mixup:
         if mode == "none" or lam == 1.0:
             return x, y
         if mode == "mixup":
-            x = x * lam + x.flip(0) * (1.0 - lam)
+            b, out = x.shape[0], torch.empty_like(x)
+            for sl in chunks(b, x.device):  # row i pairs with row b-1-i; chunks keep both in cache
+                torch.lerp(x[sl], x[b - sl.stop: b - sl.start].flip(0), 1.0 - lam, out=out[sl])
+            x = out
         else:
             x = x.clone()
             x[:, :, y0:y1, x0:x1] = x[:, :, y0:y1, x0:x1].flip(0)

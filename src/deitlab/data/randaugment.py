@@ -15,7 +15,8 @@ section     meaning                                                             
 
 Per image and layer (n layers in sequence), one op is drawn uniformly *with replacement* from the op set, applied
 with probability ``p`` with magnitude ``m = clamp(N(M, S), 0, mmax)``; signed ops flip sign with probability 0.5.
-Each op runs once per layer on the sub-batch that drew it, with per-sample magnitudes. The level -> argument maps
+Each layer sorts the batch by the drawn op so every op runs once on a contiguous sub-batch, with per-sample
+magnitudes; all geometric ops of a layer share one ``grid_sample``. The level -> argument maps
 follow timm's ``auto_augment.py`` (``m`` in units of 1/10):
 
 ======================  ==========================================  =============================================
@@ -72,85 +73,114 @@ RAND_INCREASING_TRANSFORMS = (
 
 
 # ----------------------------------------------------------------------------------------------- pixel ops
-# Every op maps a uint8 (k, C, H, W) sub-batch and a float (k,) argument to a uint8 sub-batch.
+# Point ops (the output pixel depends only on the input pixel and per-image statistics) are built as per-(image,
+# channel) 256-entry lookup tables ``(k, C, 256)`` from a uint8 sub-batch ``(k, C, H, W)`` and a float ``(k,)``
+# argument; a layer applies all its point ops with a single lookup. Color and Sharpness mix channels or
+# neighbours and run directly.
 
 
 def _v(t: torch.Tensor) -> torch.Tensor:
-    return t.view(-1, 1, 1, 1)
+    return t.view(-1, 1, 1)
 
 
-def invert(x: torch.Tensor, _arg=None) -> torch.Tensor:
-    return 255 - x
+def _levels(x: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    return torch.arange(256, dtype=dtype).expand(x.shape[0], x.shape[1], 256)
 
 
-def posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    shift = (8 - bits.clamp(0, 8)).to(torch.int32)
-    mask = ((255 >> shift) << shift).to(torch.uint8)  # bits=0 -> mask 0 -> black
-    return x & _v(mask.to(x.device))
+def invert_lut(x: torch.Tensor, _arg=None) -> torch.Tensor:
+    return 255 - _levels(x)
 
 
-def solarize(x: torch.Tensor, thresh: torch.Tensor) -> torch.Tensor:
-    return torch.where(x.to(torch.int16) >= _v(thresh.to(x.device)), 255 - x, x)
+def posterize_lut(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    shift = (8 - bits.clamp(0, 8)).to(torch.int32).view(-1, 1, 1)
+    mask = (255 >> shift) << shift  # bits = 0 -> mask 0 -> black
+    return (_levels(x, torch.int32) & mask).float()
 
 
-def solarize_add(x: torch.Tensor, add: torch.Tensor, thresh: int = 128) -> torch.Tensor:
-    added = (x.to(torch.int16) + _v(add.to(x.device, torch.int16))).clamp_(max=255).to(torch.uint8)
-    return torch.where(x < thresh, added, x)
+def solarize_lut(x: torch.Tensor, thresh: torch.Tensor) -> torch.Tensor:
+    lv = _levels(x)
+    return torch.where(lv >= _v(thresh), 255 - lv, lv)
 
 
-def _apply_lut(x: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
-    """Per-(image, channel) lookup: ``lut`` is ``(k, C, 256)``."""
-    k, c, h, w = x.shape
-    out = lut.to(torch.uint8).reshape(k * c, 256).gather(1, x.reshape(k * c, h * w).long())
-    return out.view(k, c, h, w)
+def solarize_add_lut(x: torch.Tensor, add: torch.Tensor, thresh: int = 128) -> torch.Tensor:
+    lv = _levels(x)
+    return torch.where(lv < thresh, (lv + _v(add)).clamp(max=255), lv)
 
 
-def _histogram(x: torch.Tensor) -> torch.Tensor:
-    """Per-(image, channel) 256-bin histograms ``(k, C, 256)``, int64, via one ``bincount``."""
+def _blend_lut(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL ``Image.blend(constant, image, f)`` as a table: ``floor(clamp(d + f (v - d), 0, 255))`` in float32."""
+    lv = _levels(x)
+    return (degenerate + _v(factor) * (lv - degenerate)).clamp_(0, 255).floor_()
+
+
+def brightness_lut(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend_lut(torch.zeros(()), x, factor)
+
+
+def contrast_lut(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    mean = torch.floor(_gray(x).double().mean(dim=(1, 2, 3)) + 0.5).float().cpu()  # int(mean + 0.5), ImageStat
+    return _blend_lut(_v(mean), x, factor)
+
+
+def autocontrast_lut(x: torch.Tensor, _arg=None) -> torch.Tensor:
+    lo = x.amin(dim=(2, 3)).double().cpu()  # (k, C)
+    hi = x.amax(dim=(2, 3)).double().cpu()
+    scale = 255.0 / (hi - lo).clamp(min=1)
+    levels = _levels(x, torch.float64)
+    lut = torch.floor(levels * scale[..., None] - (lo * scale)[..., None]).clamp_(0, 255)  # int() as PIL
+    return torch.where((hi > lo)[..., None], lut, levels).float()
+
+
+def histogram(x: torch.Tensor) -> torch.Tensor:
+    """Per-(image, channel) 256-bin histograms ``(k, C, 256)`` (int64) with one ``bincount``."""
     k, c = x.shape[:2]
-    offs = torch.arange(k * c, device=x.device).view(k * c, 1) * 256
-    flat = (x.reshape(k * c, -1).long() + offs).view(-1)
+    offs = torch.arange(0, k * c * 256, 256, device=x.device, dtype=torch.int32).view(k * c, 1)
+    flat = torch.add(x.reshape(k * c, -1), offs).view(-1)  # uint8 + int32 offsets -> int32 bin index
     return torch.bincount(flat, minlength=k * c * 256).view(k, c, 256)
 
 
-def auto_contrast(x: torch.Tensor, _arg=None) -> torch.Tensor:
-    lo = x.amin(dim=(2, 3)).double()  # (k, C)
-    hi = x.amax(dim=(2, 3)).double()
-    scale = 255.0 / (hi - lo).clamp(min=1)
-    offset = -lo * scale
-    levels = torch.arange(256, device=x.device, dtype=torch.float64)
-    lut = torch.floor(levels * scale[..., None] + offset[..., None]).clamp_(0, 255)  # int() as PIL
-    lut = torch.where((hi > lo)[..., None], lut, levels)
-    return _apply_lut(x, lut)
-
-
-def equalize(x: torch.Tensor, _arg=None) -> torch.Tensor:
+def equalize_lut(x: torch.Tensor, _arg=None) -> torch.Tensor:
     """PIL ``ImageOps.equalize`` per image and channel: ``lut[i] = (step // 2 + cdf_excl[i]) // step`` where
     ``step = (N - count of the last non-empty bin) // 255``; identity when ``step == 0``."""
-    hist = _histogram(x)  # (k, C, 256)
-    levels = torch.arange(256, device=x.device)
-    last = torch.where(hist > 0, levels, -1).amax(dim=-1, keepdim=True)  # index of last non-empty bin
-    total = hist.sum(dim=-1, keepdim=True)
-    step = (total - hist.gather(-1, last.clamp(min=0))) // 255
+    hist = histogram(x).cpu()  # (k, C, 256)
+    levels = torch.arange(256)
+    last = torch.where(hist > 0, levels, -1).amax(dim=-1, keepdim=True)  # index of the last non-empty bin
+    step = (hist.sum(dim=-1, keepdim=True) - hist.gather(-1, last.clamp(min=0))) // 255
     cdf_excl = hist.cumsum(-1) - hist
     lut = (step // 2 + cdf_excl) // step.clamp(min=1)
-    lut = torch.where(step > 0, lut.clamp(max=255), levels)
-    return _apply_lut(x, lut)
+    return torch.where(step > 0, lut.clamp(max=255), levels).float()
 
 
-def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """PIL ``Image.blend(degenerate, x, factor)``: ``floor(clamp(d + f (x - d), 0, 255))``."""
-    d = degenerate.float()
-    out = d + _v(factor.to(x.device, torch.float32)) * (x.float() - d)
-    return out.clamp_(0, 255).floor_().to(torch.uint8)
+def apply_lut(x: torch.Tensor, lut: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``out[i, c] = lut[i, c][x[i, c]]`` for a uint8 batch and a ``(k, C, 256)`` table, in one lookup."""
+    k, c = x.shape[:2]
+    table = lut.to(device=x.device, dtype=torch.uint8).reshape(-1)
+    offs = torch.arange(0, k * c * 256, 256, device=x.device, dtype=torch.int32).view(k * c, 1)
+    idx = torch.add(x.reshape(k * c, -1), offs).view(-1)  # int32 index into the flat table
+    res = table.index_select(0, idx).view(x.shape)
+    if out is None:
+        return res
+    return out.copy_(res)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    """PIL's RGB -> L conversion (ITU-R 601-2 luma in 16-bit fixed point), ``(k, 1, H, W)`` int32."""
+    """PIL's RGB -> L conversion ``(r*19595 + g*38470 + b*7471 + 0x8000) >> 16`` as float ``(k, 1, H, W)``.
+
+    Every partial sum is an integer below 2**24, so float32 gives PIL's integer result exactly.
+    """
     if x.shape[1] == 1:
-        return x.to(torch.int32)
-    r, g, b = x[:, 0:1].to(torch.int32), x[:, 1:2].to(torch.int32), x[:, 2:3].to(torch.int32)
-    return (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
+        return x.float()
+    w = torch.tensor([[19595.0, 38470.0, 7471.0]], device=x.device)
+    k, _, h, wd = x.shape
+    acc = torch.matmul(w, x.reshape(k, 3, h * wd).float()).view(k, 1, h, wd)
+    return acc.add_(0x8000).div_(65536).floor_()
+
+
+def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL ``Image.blend(degenerate, x, factor)``: ``floor(clamp(d + f (x - d), 0, 255))`` (float ``degenerate``)."""
+    f = factor.to(x.device, torch.float32).view(-1, 1, 1, 1)
+    out = torch.addcmul(degenerate, x.float() - degenerate, f)
+    return out.clamp_(0, 255).to(torch.uint8)  # values are >= 0, so truncation is PIL's floor
 
 
 def color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -159,30 +189,23 @@ def color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend(_gray(x).expand_as(x), x, factor)
 
 
-def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    mean = torch.floor(_gray(x).double().mean(dim=(1, 2, 3)) + 0.5)  # int(mean + 0.5), PIL ImageStat
-    return _blend(_v(mean).float().expand_as(x), x, factor)
-
-
-def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend(torch.zeros((), device=x.device).expand_as(x), x, factor)
-
-
 def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Blend with PIL's SMOOTH filter (3x3 kernel 1 1 1 / 1 5 1 / 1 1 1, /13, rounded; border pixels kept)."""
-    k, c, h, w = x.shape
+    c, h, w = x.shape[1:]
     if h < 3 or w < 3:
         return x
-    kernel = torch.ones(3, 3, device=x.device)
-    kernel[1, 1] = 5
-    kernel = (kernel / 13).expand(c, 1, 3, 3)
-    smooth = F.conv2d(x.float(), kernel, groups=c).add_(0.5).floor_().clamp_(0, 255)
+    kernel = torch.ones(c, 1, 3, 3, device=x.device)
+    kernel[:, :, 1, 1] = 5
     degenerate = x.float()
-    degenerate[:, :, 1:-1, 1:-1] = smooth
+    inp = degenerate.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else degenerate
+    smooth = F.conv2d(inp, kernel, groups=c)  # integer sums; sum/13 is never within 1/26 of .5, so exact
+    degenerate[:, :, 1:-1, 1:-1] = smooth.div_(13).add_(0.5).floor_()
     return _blend(degenerate, x, factor)
 
 
-def _geometric(x: torch.Tensor, matrix: torch.Tensor, fill: torch.Tensor, interpolation: str) -> torch.Tensor:
+def _geometric(
+    x: torch.Tensor, matrix: torch.Tensor, fill: torch.Tensor, interpolation: str, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Warp with ``matrix`` ``(k, 2, 3)`` mapping output pixel coordinates to input ones (PIL's affine data)."""
     k, _, h, w = x.shape
     # Pixel coords p = (n + 1) * size / 2 for normalised n; convert the pixel-space map to normalised space.
@@ -195,7 +218,7 @@ def _geometric(x: torch.Tensor, matrix: torch.Tensor, fill: torch.Tensor, interp
     theta[:, 1, 0] = d * w / h
     theta[:, 1, 1] = e
     theta[:, 1, 2] = d * w / h + e + 2 * f / h - 1
-    return warp_affine(x, theta, interpolation=interpolation, fill=fill)
+    return warp_affine(x, theta, interpolation=interpolation, fill=fill, out=out, rounding="floor")  # as PIL
 
 
 def _affine(a, b, c, d, e, f) -> torch.Tensor:
@@ -221,26 +244,29 @@ _LEVELS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "TranslateRel": lambda m, s: _signed(m / LEVEL_DENOM * 0.45, s),
 }
 
-_PIXEL_OPS: dict[str, tuple[Callable, str | None]] = {
-    "AutoContrast": (auto_contrast, None),
-    "Equalize": (equalize, None),
-    "Invert": (invert, None),
-    "Posterize": (posterize, "Posterize"),
-    "PosterizeIncreasing": (posterize, "PosterizeIncreasing"),
-    "Solarize": (solarize, "Solarize"),
-    "SolarizeIncreasing": (solarize, "SolarizeIncreasing"),
-    "SolarizeAdd": (solarize_add, "SolarizeAdd"),
+_LUT_OPS: dict[str, tuple[Callable, str | None]] = {
+    "AutoContrast": (autocontrast_lut, None),
+    "Equalize": (equalize_lut, None),
+    "Invert": (invert_lut, None),
+    "Posterize": (posterize_lut, "Posterize"),
+    "PosterizeIncreasing": (posterize_lut, "PosterizeIncreasing"),
+    "Solarize": (solarize_lut, "Solarize"),
+    "SolarizeIncreasing": (solarize_lut, "SolarizeIncreasing"),
+    "SolarizeAdd": (solarize_add_lut, "SolarizeAdd"),
+    "Contrast": (contrast_lut, "Enhance"),
+    "ContrastIncreasing": (contrast_lut, "EnhanceIncreasing"),
+    "Brightness": (brightness_lut, "Enhance"),
+    "BrightnessIncreasing": (brightness_lut, "EnhanceIncreasing"),
+}
+_BLEND_OPS: dict[str, tuple[Callable, str]] = {
     "Color": (color, "Enhance"),
     "ColorIncreasing": (color, "EnhanceIncreasing"),
-    "Contrast": (contrast, "Enhance"),
-    "ContrastIncreasing": (contrast, "EnhanceIncreasing"),
-    "Brightness": (brightness, "Enhance"),
-    "BrightnessIncreasing": (brightness, "EnhanceIncreasing"),
     "Sharpness": (sharpness, "Enhance"),
     "SharpnessIncreasing": (sharpness, "EnhanceIncreasing"),
 }
 GEOMETRIC_OPS = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
-ALL_OPS = tuple(_PIXEL_OPS) + GEOMETRIC_OPS
+ALL_OPS = tuple(_LUT_OPS) + tuple(_BLEND_OPS) + GEOMETRIC_OPS
+_GROUP = {**dict.fromkeys(_LUT_OPS, 0), **dict.fromkeys(_BLEND_OPS, 1), **dict.fromkeys(GEOMETRIC_OPS, 2)}
 
 
 def geometric_matrix(name: str, arg: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -280,18 +306,29 @@ def apply_op(
     k, c, h, w = x.shape
     m = torch.as_tensor(magnitude, dtype=torch.float32).expand(k).cpu()
     s = torch.as_tensor(sign, dtype=torch.float32).expand(k).cpu()
-    if name in _PIXEL_OPS:
-        fn, level = _PIXEL_OPS[name]
-        return fn(x, None if level is None else _LEVELS[level](m, s))
+    if name in _LUT_OPS:
+        fn, level = _LUT_OPS[name]
+        return apply_lut(x, fn(x, None if level is None else _LEVELS[level](m, s)))
+    if name in _BLEND_OPS:
+        fn, level = _BLEND_OPS[name]
+        return fn(x, _LEVELS[level](m, s))
     if name not in GEOMETRIC_OPS:
         raise ConfigError(f"unknown RandAugment op {name!r}; choose one of {', '.join(ALL_OPS)}")
-    level = {"Rotate": "Rotate", "ShearX": "Shear", "ShearY": "Shear"}.get(name, "TranslateRel")
+    matrix = geometric_matrix(name, _level_of(name)(m, s), h, w)
+    return _geometric(x, matrix, _fill_tensor(fill, c), interpolation)
+
+
+def _level_of(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return _LEVELS[{"Rotate": "Rotate", "ShearX": "Shear", "ShearY": "Shear"}.get(name, "TranslateRel")]
+
+
+def _fill_tensor(fill: Sequence[float] | float, channels: int) -> torch.Tensor:
     fill_t = torch.as_tensor(fill, dtype=torch.float32).flatten()
     if fill_t.numel() == 1:
-        fill_t = fill_t.expand(c)
-    if fill_t.numel() != c:
-        raise ConfigError(f"fill={tuple(fill_t.tolist())} needs 1 or {c} values (one per channel)")
-    return _geometric(x, geometric_matrix(name, _LEVELS[level](m, s), h, w), fill_t, interpolation)
+        fill_t = fill_t.expand(channels)
+    if fill_t.numel() != channels:
+        raise ConfigError(f"fill={tuple(fill_t.tolist())} needs 1 or {channels} values (one per channel)")
+    return fill_t
 
 
 # ----------------------------------------------------------------------------------------------- the policy
@@ -374,28 +411,88 @@ class RandAugment:
             m = torch.full((n,), self.magnitude)
         return m.clamp(0.0, self.magnitude_max)
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | int | None = None) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, generator: torch.Generator | int | None = None, *, inplace: bool = False
+    ) -> torch.Tensor:
+        """Augment a uint8 batch; returns a new batch unless ``inplace``."""
         if x.dtype != torch.uint8 or x.ndim != 4:
             raise ConfigError(f"RandAugment expects a uint8 (B, C, H, W) batch, got {x.dtype} {tuple(x.shape)}")
+        return self.apply_plan(x, self.plan(x.shape[0], as_generator(generator)), inplace=inplace)
+
+    def plan(self, batch: int, generator: torch.Generator | int | None = None) -> list[tuple[torch.Tensor, ...]]:
+        """Draw the random choices for a batch: per layer ``(op index, applied?, magnitude, sign)``, each ``(B,)``.
+
+        Everything is drawn before any pixel is touched, so the random stream does not depend on the data.
+        """
         g = as_generator(generator)
-        b = x.shape[0]
+        layers = []
         for _ in range(self.num_ops):
-            # Draw every random number of the layer up front, so the stream does not depend on the data.
-            choice = torch.randint(len(self.ops), (b,), generator=g, device=g.device).cpu()
-            apply = rand(b, g).cpu() < self.prob
-            mag = self.sample_magnitudes(b, g)
-            sign = torch.where(rand(b, g).cpu() > 0.5, -1.0, 1.0)
-            out = None
-            for k, name in enumerate(self.ops):
-                idx = (apply & (choice == k)).nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    continue
-                if out is None:
-                    out = x.clone()
-                dev_idx = idx.to(x.device)
-                out[dev_idx] = apply_op(name, x[dev_idx], mag[idx], sign[idx], fill=self.fill,
-                                        interpolation=self.interpolation)
-            x = x if out is None else out
+            choice = torch.randint(len(self.ops), (batch,), generator=g, device=g.device).cpu()
+            apply = rand(batch, g).cpu() < self.prob
+            mag = self.sample_magnitudes(batch, g)
+            sign = torch.where(rand(batch, g).cpu() > 0.5, -1.0, 1.0)
+            layers.append((choice, apply, mag, sign))
+        return layers
+
+    def apply_plan(
+        self, x: torch.Tensor, layers: list[tuple[torch.Tensor, ...]], *, inplace: bool = False
+    ) -> torch.Tensor:
+        """Run a :meth:`plan` on a uint8 batch; returns the augmented batch (``x`` itself when ``inplace``).
+
+        Per layer the applied rows are gathered sorted by (op group, op) -- point ops, then Color/Sharpness, then
+        geometric ops -- so all point ops share one table lookup, all geometric ops one warp, and each of the
+        others runs once on a contiguous slice; the rows are then scattered back.
+        """
+        b, c, h, w = x.shape
+        if not inplace:
+            x = x.clone()
+        n = len(self.ops)
+        group = torch.tensor([_GROUP[name] for name in self.ops])
+        fill = _fill_tensor(self.fill, c)
+        for choice, apply, mag, sign in layers:
+            key = torch.where(apply, group[choice] * n + choice, 3 * n)
+            order = torch.argsort(key, stable=True)
+            key = key[order]
+            n_applied = int((key < 3 * n).sum())
+            if n_applied == 0:
+                continue
+            rows = order[:n_applied]
+            sub = x.index_select(0, rows.to(x.device))  # (n_applied, C, H, W), sorted by op
+            bounds = torch.bincount(key[:n_applied], minlength=3 * n).cumsum(0).tolist()
+            start_of = [0] + bounds[:-1]
+            args = {}  # op index -> (lo, hi) row range in `sub`
+            for k in range(n):
+                lo, hi = start_of[int(group[k]) * n + k], bounds[int(group[k]) * n + k]
+                if hi > lo:
+                    args[k] = (lo, hi)
+            lut_rows = [(k, lo, hi) for k, (lo, hi) in args.items() if self.ops[k] in _LUT_OPS]
+            if lut_rows:
+                lo_all, hi_all = min(r[1] for r in lut_rows), max(r[2] for r in lut_rows)
+                seg = sub[lo_all:hi_all]
+                lut = torch.empty(hi_all - lo_all, c, 256)
+                for k, lo, hi in lut_rows:
+                    fn, level = _LUT_OPS[self.ops[k]]
+                    ids = rows[lo:hi]
+                    arg = None if level is None else _LEVELS[level](mag[ids], sign[ids])
+                    lut[lo - lo_all: hi - lo_all] = fn(sub[lo:hi], arg)
+                apply_lut(seg, lut, out=seg)
+            geo = []
+            for k, (lo, hi) in args.items():
+                ids = rows[lo:hi]
+                if self.ops[k] in _BLEND_OPS:
+                    fn, level = _BLEND_OPS[self.ops[k]]
+                    sub[lo:hi] = fn(sub[lo:hi], _LEVELS[level](mag[ids], sign[ids]))
+                elif self.ops[k] in GEOMETRIC_OPS:
+                    geo.append((lo, hi, geometric_matrix(self.ops[k], _level_of(self.ops[k])(mag[ids], sign[ids]),
+                                                         h, w)))
+            if geo:
+                lo_all, hi_all = min(r[0] for r in geo), max(r[1] for r in geo)
+                matrix = torch.empty(hi_all - lo_all, 2, 3)
+                for lo, hi, m in geo:
+                    matrix[lo - lo_all: hi - lo_all] = m
+                seg = sub[lo_all:hi_all]
+                _geometric(seg, matrix, fill, self.interpolation, out=seg)
+            x.index_copy_(0, rows.to(x.device), sub)
         return x
 
     def __repr__(self) -> str:
