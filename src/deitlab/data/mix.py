@@ -136,7 +136,7 @@ class Mixup:
             return x, y
         if mode == "mixup":
             b, out = x.shape[0], torch.empty_like(x)
-            for sl in chunks(b, x.device):  # row i pairs with row b-1-i; chunks keep both in cache
+            for sl in chunks(b, x.device, x[0].numel()):  # row i pairs with row b-1-i; chunks keep both in cache
                 torch.lerp(x[sl], x[b - sl.stop: b - sl.start].flip(0), 1.0 - lam, out=out[sl])
             x = out
         else:

@@ -54,9 +54,8 @@ import re
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from deitlab.data.augment import _check_interp, as_generator, rand, warp_affine
+from deitlab.data.augment import _check_interp, as_generator, chunks, rand, warp_affine
 from deitlab.errors import ConfigError
 
 LEVEL_DENOM = 10.0
@@ -152,15 +151,17 @@ def equalize_lut(x: torch.Tensor, _arg=None) -> torch.Tensor:
 
 
 def apply_lut(x: torch.Tensor, lut: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``out[i, c] = lut[i, c][x[i, c]]`` for a uint8 batch and a ``(k, C, 256)`` table, in one lookup."""
+    """``out[i, c] = lut[i, c][x[i, c]]`` for a uint8 batch and a ``(k, C, 256)`` table (one lookup per chunk)."""
     k, c = x.shape[:2]
-    table = lut.to(device=x.device, dtype=torch.uint8).reshape(-1)
-    offs = torch.arange(0, k * c * 256, 256, device=x.device, dtype=torch.int32).view(k * c, 1)
-    idx = torch.add(x.reshape(k * c, -1), offs).view(-1)  # int32 index into the flat table
-    res = table.index_select(0, idx).view(x.shape)
-    if out is None:
-        return res
-    return out.copy_(res)
+    table = lut.to(device=x.device, dtype=torch.uint8).reshape(k * c * 256)
+    out = torch.empty_like(x) if out is None else out
+    for sl in chunks(k, x.device, x[0].numel()):
+        n = (sl.stop - sl.start) * c
+        offs = torch.arange(sl.start * c * 256, sl.start * c * 256 + n * 256, 256, device=x.device,
+                            dtype=torch.int32).view(n, 1)
+        idx = torch.add(x[sl].reshape(n, -1), offs).view(-1)  # uint8 + int32 offsets -> int32 table index
+        out[sl] = table.index_select(0, idx).view(out[sl].shape)
+    return out
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -191,15 +192,15 @@ def color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Blend with PIL's SMOOTH filter (3x3 kernel 1 1 1 / 1 5 1 / 1 1 1, /13, rounded; border pixels kept)."""
-    c, h, w = x.shape[1:]
+    h, w = x.shape[-2:]
     if h < 3 or w < 3:
         return x
-    kernel = torch.ones(c, 1, 3, 3, device=x.device)
-    kernel[:, :, 1, 1] = 5
     degenerate = x.float()
-    inp = degenerate.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else degenerate
-    smooth = F.conv2d(inp, kernel, groups=c)  # integer sums; sum/13 is never within 1/26 of .5, so exact
-    degenerate[:, :, 1:-1, 1:-1] = smooth.div_(13).add_(0.5).floor_()
+    rows = degenerate[:, :, :-2] + degenerate[:, :, 1:-1] + degenerate[:, :, 2:]  # 3x3 box sums, separably
+    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
+    center = degenerate[:, :, 1:-1, 1:-1]
+    # integer sums; sum/13 is never within 1/26 of .5, so this rounds exactly as PIL does
+    degenerate[:, :, 1:-1, 1:-1] = box.add_(center, alpha=4).div_(13).add_(0.5).floor_()
     return _blend(degenerate, x, factor)
 
 
@@ -481,7 +482,9 @@ class RandAugment:
                 ids = rows[lo:hi]
                 if self.ops[k] in _BLEND_OPS:
                     fn, level = _BLEND_OPS[self.ops[k]]
-                    sub[lo:hi] = fn(sub[lo:hi], _LEVELS[level](mag[ids], sign[ids]))
+                    factor = _LEVELS[level](mag[ids], sign[ids])
+                    for sl in chunks(hi - lo, x.device, x[0].numel()):  # cache-sized pieces on the CPU
+                        sub[lo + sl.start: lo + sl.stop] = fn(sub[lo + sl.start: lo + sl.stop], factor[sl])
                 elif self.ops[k] in GEOMETRIC_OPS:
                     geo.append((lo, hi, geometric_matrix(self.ops[k], _level_of(self.ops[k])(mag[ids], sign[ids]),
                                                          h, w)))
