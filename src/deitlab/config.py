@@ -1,0 +1,394 @@
+"""Run configuration: typed dataclasses, YAML files, dotted overrides and DeiT/timm flag aliases.
+
+A config is built once at the edge (CLI or caller), validated, then passed down as explicit values; nothing in
+the library reads a global config. Unknown keys and flags are errors that suggest the closest valid name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deitlab.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "deit_tiny_distilled_patch16_224"
+    img_size: int | None = None  # None: the data set's native size
+    patch_size: int | None = None  # None: the registry default
+    drop_path_rate: float = 0.1
+    drop_rate: float = 0.0
+    channels_last: bool = False  # NHWC weights/activations: faster convolutions (CNN students) on CPU and GPU
+    kwargs: dict[str, Any] = field(default_factory=dict)  # any other create_model override
+
+
+@dataclass
+class TeacherConfig:
+    model: str | None = None  # registry name, timm:<name> or torchvision:<name>; None: from the checkpoint
+    path: str | None = None
+    channels_last: bool = True
+
+
+@dataclass
+class DistillConfig:
+    type: str = "none"  # none | soft | hard
+    alpha: float = 0.5
+    tau: float = 1.0
+    reduction: str = "deit"  # deit (sum / numel, official code) | batchmean (timm)
+    teacher_label_smoothing: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"
+    path: str | None = None
+    batch_size: int = 256
+    eval_batch_size: int | None = None  # None: 2 x batch_size
+    val_fraction: float | None = None
+    repeated_aug: int = 1  # DeiT: 3 (helps large batches, hurts small ones)
+    bad_images: str = "error"  # error | skip (ImageFolder)
+    limit_train: int | None = None  # use only the first N training images (quick runs)
+    limit_eval: int | None = None
+    eval_split: str = "val"  # val | test: what the per-epoch evaluation reads
+    test_at_end: bool = True  # evaluate the final model on the test split too
+
+
+@dataclass
+class AugConfig:
+    crop_scale: tuple[float, float] | None = (0.08, 1.0)  # RandomResizedCrop area; None: no crop
+    crop_ratio: tuple[float, float] = (0.75, 1.3333333333333333)
+    hflip: float = 0.5
+    rand_augment: str | None = "rand-m9-mstd0.5-inc1"
+    re_prob: float = 0.25
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mix_prob: float = 1.0
+    switch_prob: float = 0.5
+    label_smoothing: float = 0.1
+    eval_crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 5e-4
+    scale_lr: bool = True  # lr x batch/512, as DeiT
+    weight_decay: float = 0.05
+    eps: float = 1e-8
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    warmup_epochs: float = 5.0
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    clip_grad: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 300
+    precision: str = "fp32"  # fp32 | bf16 (CPU/CUDA autocast) | fp16 (CUDA)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None  # CPU threads; None: PyTorch's default
+    ema: bool = False
+    ema_decay: float = 0.99996
+    output_dir: str | None = None  # None: runs/<model>-<dataset>-<time>
+    resume: str | None = None  # a run directory or its checkpoint file
+    overwrite: bool = False
+    checkpoint_every_steps: int = 0  # 0: only at epoch ends
+    keep_last: int = 2
+    eval_every: int = 1
+    fusion: str = "logits"  # logits | softmax: the fused accuracy reported as "acc"
+    max_nonfinite: int = 10  # consecutive non-finite steps before the run stops
+    progress: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# DeiT/timm command-line names -> dotted keys.
+ALIASES: dict[str, str] = {
+    "model": "model.name",
+    "input-size": "model.img_size",
+    "drop-path": "model.drop_path_rate",
+    "teacher-model": "teacher.model",
+    "teacher-path": "teacher.path",
+    "distillation-type": "distill.type",
+    "distillation-alpha": "distill.alpha",
+    "distillation-tau": "distill.tau",
+    "data-set": "data.dataset",
+    "data-path": "data.path",
+    "batch-size": "data.batch_size",
+    "repeated-aug": "data.repeated_aug",
+    "epochs": "train.epochs",
+    "lr": "optim.lr",
+    "opt": "optim.name",
+    "weight-decay": "optim.weight_decay",
+    "warmup-epochs": "optim.warmup_epochs",
+    "min-lr": "optim.min_lr",
+    "clip-grad": "optim.clip_grad",
+    "smoothing": "aug.label_smoothing",
+    "mixup": "aug.mixup",
+    "cutmix": "aug.cutmix",
+    "reprob": "aug.re_prob",
+    "aa": "aug.rand_augment",
+    "output-dir": "train.output_dir",
+    "resume": "train.resume",
+    "seed": "train.seed",
+    "precision": "train.precision",
+    "device": "train.device",
+    "model-ema": "train.ema",
+    "model-ema-decay": "train.ema_decay",
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "distill.type": ("none", "soft", "hard"),
+    "distill.reduction": ("deit", "batchmean"),
+    "optim.name": ("adamw", "sgd"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.fusion": ("logits", "softmax"),
+    "data.bad_images": ("error", "skip"),
+    "data.eval_split": ("val", "test"),
+    "aug.interpolation": ("bilinear", "bicubic"),
+}
+
+
+def all_keys(cfg: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the config schema (``train.epochs``, ...)."""
+    cfg = Config() if cfg is None else cfg
+    keys = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += all_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _unknown(key: str, candidates: list[str], what: str = "config key") -> ConfigError:
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    leaf = difflib.get_close_matches(key.rsplit(".", 1)[-1], [c.rsplit(".", 1)[-1] for c in candidates], n=1)
+    if not close and leaf:
+        close = [c for c in candidates if c.endswith("." + leaf[0])][:1]
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown {what} {key!r}{hint}")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert ``value`` to the field's type or raise a ConfigError naming the key, value and type."""
+    hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+    optional = type(None) in hints
+    base = next((h for h in hints if h is not type(None)), annotation) if hints else annotation
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~") and base is not str):
+        if optional:
+            return None
+        raise ConfigError(f"{key} cannot be empty; give a {getattr(base, '__name__', base)}")
+    if isinstance(value, str) and value.lower() in ("none", "null") and optional:
+        return None
+    origin = typing.get_origin(base)
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+            raise TypeError
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if base is str:
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise TypeError
+            return str(value)
+        if origin is tuple:
+            items = value if isinstance(value, list | tuple) else yaml.safe_load(f"[{value}]")
+            args = typing.get_args(base)
+            if len(items) != len(args):
+                raise TypeError
+            return tuple(_coerce(key, v, a) for v, a in zip(items, args))
+        if origin is dict:
+            if not isinstance(value, dict):
+                raise TypeError
+            return dict(value)
+    except (TypeError, ValueError, yaml.YAMLError):
+        pass
+    else:
+        return value
+    tname = getattr(base, "__name__", str(base)).replace("tuple", "pair")
+    raise ConfigError(f"{key} expects {'an' if tname[0] in 'aeiou' else 'a'} {tname}, got {value!r}")
+
+
+def _field_types(cfg: Config) -> dict[str, Any]:
+    out = {}
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        hints = typing.get_type_hints(type(sub))
+        for f in dataclasses.fields(sub):
+            out[f"{section.name}.{f.name}"] = hints[f.name]
+    return out
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    """Set dotted ``key`` (``optim.lr``; ``model.kwargs.<arg>`` for any model override) with type checking."""
+    types_ = _field_types(cfg)
+    if key.startswith("model.kwargs."):
+        cfg.model.kwargs[key.split(".", 2)[2]] = yaml.safe_load(value) if isinstance(value, str) else value
+        return
+    if key not in types_:
+        raise _unknown(key, list(types_))
+    section, name = key.split(".")
+    value = _coerce(key, value, types_[key])
+    if key in CHOICES and value not in CHOICES[key]:
+        close = difflib.get_close_matches(str(value), CHOICES[key], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(CHOICES[key])}{hint}")
+    setattr(getattr(cfg, section), name, value)
+
+
+def merge_dict(cfg: Config, data: dict[str, Any], prefix: str = "") -> None:
+    """Apply a nested mapping (a parsed YAML file) onto ``cfg``."""
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key != "model.kwargs" and "." not in key:
+            merge_dict(cfg, v, f"{key}.")
+        elif key == "model.kwargs":
+            if not isinstance(v, dict):
+                raise ConfigError(f"model.kwargs expects a mapping, got {v!r}")
+            cfg.model.kwargs.update(v)
+        else:
+            set_value(cfg, key, v)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"optim.lr=1e-3"`` -> ``("optim.lr", 0.001)`` (values are read as YAML scalars)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. optim.lr=1e-3")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def build_config(files: list[str | Path] = (), overrides: list[str] = (), base: dict[str, Any] | None = None) -> Config:
+    """Defaults <- ``base`` <- each YAML file <- each ``key=value`` override, then :func:`validate`."""
+    cfg = Config()
+    if base:
+        merge_dict(cfg, base)
+    for f in files:
+        merge_dict(cfg, load_yaml(f))
+    for o in overrides:
+        set_value(cfg, *parse_override(o))
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a config saved with :meth:`Config.to_dict` (resume files, ``config.yaml``)."""
+    cfg = Config()
+    merge_dict(cfg, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that types alone cannot express; each error names the key, the value and what is allowed."""
+    checks: list[tuple[str, Any, bool, str]] = [
+        ("train.epochs", cfg.train.epochs, cfg.train.epochs >= 1, ">= 1"),
+        ("data.batch_size", cfg.data.batch_size, cfg.data.batch_size >= 1, ">= 1"),
+        ("optim.lr", cfg.optim.lr, cfg.optim.lr > 0, "> 0"),
+        ("optim.weight_decay", cfg.optim.weight_decay, cfg.optim.weight_decay >= 0, ">= 0"),
+        ("optim.warmup_epochs", cfg.optim.warmup_epochs, cfg.optim.warmup_epochs >= 0, ">= 0"),
+        ("optim.min_lr", cfg.optim.min_lr, cfg.optim.min_lr >= 0, ">= 0"),
+        ("distill.alpha", cfg.distill.alpha, 0 <= cfg.distill.alpha <= 1, "in [0, 1]"),
+        ("distill.tau", cfg.distill.tau, cfg.distill.tau > 0, "> 0"),
+        ("data.repeated_aug", cfg.data.repeated_aug, cfg.data.repeated_aug >= 1, ">= 1 (1 = off, DeiT: 3)"),
+        ("aug.label_smoothing", cfg.aug.label_smoothing, 0 <= cfg.aug.label_smoothing < 1, "in [0, 1)"),
+        ("aug.re_prob", cfg.aug.re_prob, 0 <= cfg.aug.re_prob <= 1, "in [0, 1]"),
+        ("aug.mix_prob", cfg.aug.mix_prob, 0 <= cfg.aug.mix_prob <= 1, "in [0, 1]"),
+        ("aug.mixup", cfg.aug.mixup, cfg.aug.mixup >= 0, ">= 0 (0 = off)"),
+        ("aug.cutmix", cfg.aug.cutmix, cfg.aug.cutmix >= 0, ">= 0 (0 = off)"),
+        ("aug.eval_crop_pct", cfg.aug.eval_crop_pct, 0 < cfg.aug.eval_crop_pct <= 1, "in (0, 1]"),
+        ("model.drop_path_rate", cfg.model.drop_path_rate, 0 <= cfg.model.drop_path_rate < 1, "in [0, 1)"),
+        ("train.ema_decay", cfg.train.ema_decay, 0 < cfg.train.ema_decay < 1, "in (0, 1)"),
+        ("train.keep_last", cfg.train.keep_last, cfg.train.keep_last >= 1, ">= 1"),
+        ("train.eval_every", cfg.train.eval_every, cfg.train.eval_every >= 1, ">= 1"),
+        ("train.max_nonfinite", cfg.train.max_nonfinite, cfg.train.max_nonfinite >= 1, ">= 1"),
+        ("train.checkpoint_every_steps", cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_steps >= 0,
+         ">= 0 (0 = epoch ends only)"),
+    ]  # fmt: skip
+    if cfg.data.eval_batch_size is not None:
+        checks.append(("data.eval_batch_size", cfg.data.eval_batch_size, cfg.data.eval_batch_size >= 1, ">= 1"))
+    if cfg.optim.clip_grad is not None:
+        checks.append(("optim.clip_grad", cfg.optim.clip_grad, cfg.optim.clip_grad > 0, "> 0 or none"))
+    if cfg.aug.crop_scale is not None:
+        lo, hi = cfg.aug.crop_scale
+        checks.append(("aug.crop_scale", cfg.aug.crop_scale, 0 < lo <= hi <= 1, "0 < min <= max <= 1"))
+    for key, value, ok, allowed in checks:
+        if not ok:
+            raise ConfigError(f"{key}={value!r} is out of range; it must be {allowed}")
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+    if cfg.distill.type != "none" and not (cfg.teacher.model or cfg.teacher.path):
+        raise ConfigError(
+            f"distill.type={cfg.distill.type!r} needs a teacher: set teacher.path (--teacher-path) "
+            "and/or teacher.model (--teacher-model)"
+        )
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (tuples as lists), saved beside every run."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(i) for i in v]
+        if isinstance(v, dict):
+            return {k: plain(i) for k, i in v.items()}
+        return v
+
+    return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)

@@ -1,0 +1,20 @@
+"""Distillation: the loss functions/object and the frozen teacher."""
+
+from deitlab.distill.losses import (
+    DistillationLoss,
+    LossParts,
+    cross_entropy,
+    hard_distillation,
+    soft_distillation,
+)
+from deitlab.distill.teacher import FrozenTeacher, load_teacher
+
+__all__ = [
+    "DistillationLoss",
+    "FrozenTeacher",
+    "LossParts",
+    "cross_entropy",
+    "hard_distillation",
+    "load_teacher",
+    "soft_distillation",
+]

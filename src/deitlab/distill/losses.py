@@ -1,0 +1,138 @@
+"""Knowledge-distillation losses (Hinton et al. 2015; DeiT, Touvron et al. 2021, eqs. 2-3; SPEC §2).
+
+Pure functions for the two distillation terms, and :class:`DistillationLoss`, the object the training loop
+calls: it runs the frozen teacher on the same (mixed) images the student saw and returns the loss's parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from deitlab.errors import ConfigError
+from deitlab.models.vit import DistilledLogits
+
+DISTILLATION_TYPES = ("none", "soft", "hard")
+KL_REDUCTIONS = ("deit", "batchmean")
+
+
+def soft_distillation(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tau: float, reduction: str = "deit"
+) -> torch.Tensor:
+    """``τ² · KL(softmax(Z_t/τ) ‖ softmax(Z_s/τ))`` (DeiT eq. 2, second term).
+
+    Args:
+        student_logits, teacher_logits: ``(B, K)``.
+        tau: temperature τ > 0; the τ² factor keeps the gradient scale independent of τ (Hinton §2).
+        reduction: ``"deit"`` = KL summed over everything divided by ``B·K`` (the official DeiT code,
+            ``reduction='sum'`` / ``outputs.numel()``; see facebookresearch/deit#68) or ``"batchmean"`` = summed
+            and divided by ``B`` (timm's token-distillation task). They differ by the factor K.
+    """
+    if tau <= 0:
+        raise ConfigError(f"distillation tau={tau!r} must be > 0")
+    if reduction not in KL_REDUCTIONS:
+        raise ConfigError(f"KL reduction={reduction!r} is not one of {KL_REDUCTIONS}")
+    log_p_s = F.log_softmax(student_logits.float() / tau, dim=-1)
+    log_p_t = F.log_softmax(teacher_logits.float() / tau, dim=-1)
+    kl = F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True)
+    denom = student_logits.numel() if reduction == "deit" else student_logits.shape[0]
+    return kl * (tau * tau) / denom
+
+
+def hard_distillation(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """``CE(ψ(Z_s), y_t)`` with ``y_t = argmax Z_t`` (DeiT eq. 3), optionally label-smoothed (the paper: ε = 0.1)."""
+    return F.cross_entropy(student_logits.float(), teacher_logits.argmax(dim=-1), label_smoothing=label_smoothing)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against class indices ``(B,)`` or soft targets ``(B, K)`` (Mixup/CutMix, smoothing folded in)."""
+    if targets.ndim == 2:
+        return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+
+
+class LossParts(NamedTuple):
+    """What :class:`DistillationLoss` returns; ``total`` is what gets back-propagated."""
+
+    base: torch.Tensor  # supervised term on the class head (for a distilled student with type none: both heads)
+    distill: torch.Tensor  # distillation term (0 when distillation_type == "none")
+    total: torch.Tensor
+
+
+class DistillationLoss:
+    """DeiT's loss: ``(1-α)·base(cls head, y) + α·distill(dist head, teacher)``.
+
+    - ``soft``: ``distill = τ²·KL`` (:func:`soft_distillation`); ``hard``: CE against the teacher's argmax
+      (:func:`hard_distillation`); with α = ½ the hard loss is DeiT's eq. 3.
+    - A student with a distillation token gets the base loss on ``head`` and the distillation term on
+      ``head_dist``; a student without one gets classic Hinton KD on its single head.
+    - ``none``: only the supervised loss. For a distilled student both heads then learn the labels (averaged),
+      so that the fused prediction stays meaningful; DeiT's code would leave ``head_dist`` untrained.
+
+    The teacher is called under ``torch.no_grad()`` on the very images the student saw (after Mixup/CutMix) and
+    is never registered as a submodule, so no optimizer or ``.train()`` call can reach it.
+    """
+
+    def __init__(
+        self,
+        base_criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        teacher: Callable[[torch.Tensor], torch.Tensor] | None,
+        *,
+        distillation_type: str,
+        alpha: float,
+        tau: float,
+        reduction: str = "deit",
+        teacher_label_smoothing: float = 0.0,
+    ) -> None:
+        if distillation_type not in DISTILLATION_TYPES:
+            raise ConfigError(f"distillation type {distillation_type!r} is not one of {DISTILLATION_TYPES}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"distillation alpha={alpha!r} must be in [0, 1]")
+        if tau <= 0:
+            raise ConfigError(f"distillation tau={tau!r} must be > 0")
+        if reduction not in KL_REDUCTIONS:
+            raise ConfigError(f"KL reduction={reduction!r} is not one of {KL_REDUCTIONS}")
+        if distillation_type != "none" and teacher is None:
+            raise ConfigError(
+                f"distillation type {distillation_type!r} needs a teacher (--teacher-model/--teacher-path)"
+            )
+        self.base_criterion = base_criterion
+        self._teacher = teacher  # plain attribute on a plain object: invisible to optimizers and .train()
+        self.distillation_type = distillation_type
+        self.alpha = alpha
+        self.tau = tau
+        self.reduction = reduction
+        self.teacher_label_smoothing = teacher_label_smoothing
+
+    @property
+    def teacher(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        return self._teacher
+
+    def distill_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        if self.distillation_type == "soft":
+            return soft_distillation(student_logits, teacher_logits, tau=self.tau, reduction=self.reduction)
+        return hard_distillation(student_logits, teacher_logits, label_smoothing=self.teacher_label_smoothing)
+
+    def __call__(
+        self, inputs: torch.Tensor, outputs: torch.Tensor | DistilledLogits, targets: torch.Tensor
+    ) -> LossParts:
+        """Loss parts for one batch: ``inputs`` are the student's images, ``targets`` labels or soft targets."""
+        if isinstance(outputs, DistilledLogits):
+            cls_logits, kd_logits = outputs.cls_logits, outputs.dist_logits
+        else:
+            cls_logits = kd_logits = outputs
+        if self.distillation_type == "none":
+            base = self.base_criterion(cls_logits, targets)
+            if kd_logits is not cls_logits:
+                base = (base + self.base_criterion(kd_logits, targets)) / 2
+            return LossParts(base, base.new_zeros(()), base)
+        base = self.base_criterion(cls_logits, targets)
+        with torch.no_grad():
+            teacher_logits = self._teacher(inputs)  # type: ignore[misc]
+        distill = self.distill_term(kd_logits, teacher_logits.detach())
+        return LossParts(base, distill, (1 - self.alpha) * base + self.alpha * distill)

@@ -1,0 +1,214 @@
+"""Builders that turn a validated :class:`~deitlab.config.Config` into the objects the training loop uses."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deitlab.config import Config, dump_yaml
+from deitlab.data import BatchLoader, EvalAugment, ImageSet, Mixup, RASampler, TrainAugment, load_dataset
+from deitlab.distill.losses import DistillationLoss, cross_entropy
+from deitlab.distill.teacher import FrozenTeacher, load_teacher
+from deitlab.errors import ConfigError
+from deitlab.models import create_model
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device='cuda' but no CUDA device is available; use cpu or auto")
+    return torch.device(name)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """fp16 autocast needs CUDA; bf16 needs a CPU or a CUDA device that supports it."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision='fp16' needs a CUDA device; on the CPU use bf16")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.precision='bf16' is not supported by this GPU; use fp16 or fp32")
+
+
+@dataclass
+class Data:
+    train: ImageSet
+    eval: ImageSet
+    test: ImageSet | None
+    img_size: int
+
+
+def _read(cfg: Config, split: str, img_size: int | None) -> ImageSet:
+    kw: dict = {}
+    if cfg.data.dataset == "imagefolder":
+        kw = dict(bad_images=cfg.data.bad_images, img_size=img_size or 224)
+    return load_dataset(cfg.data.dataset, split=split, root=cfg.data.path, val_fraction=cfg.data.val_fraction, **kw)
+
+
+def build_data(cfg: Config) -> Data:
+    """Read the train, evaluation and (optionally) test splits into memory."""
+    train = _read(cfg, "train", cfg.model.img_size)
+    if cfg.data.limit_train:
+        train = train.subset(range(min(cfg.data.limit_train, len(train))))
+    evalset = _read(cfg, cfg.data.eval_split, cfg.model.img_size)
+    if cfg.data.limit_eval:
+        evalset = evalset.subset(range(min(cfg.data.limit_eval, len(evalset))))
+    test = None
+    if cfg.data.test_at_end and cfg.data.eval_split != "test":
+        test = _read(cfg, "test", cfg.model.img_size)
+        if cfg.data.limit_eval:
+            test = test.subset(range(min(cfg.data.limit_eval, len(test))))
+    for s in (train, evalset):
+        if len(s) == 0:
+            raise ConfigError(f"{s.name} holds no images")
+    return Data(train, evalset, test, int(cfg.model.img_size or train.img_size[0]))
+
+
+def build_model(cfg: Config, data: Data) -> nn.Module:
+    """The student: the registry model with the data set's classes, channels and size."""
+    overrides = dict(
+        num_classes=data.train.num_classes,
+        in_chans=data.train.in_chans,
+        img_size=data.img_size,
+        drop_path_rate=cfg.model.drop_path_rate,
+        drop_rate=cfg.model.drop_rate,
+    )
+    if cfg.model.patch_size is not None:
+        overrides["patch_size"] = cfg.model.patch_size
+    overrides.update(cfg.model.kwargs)
+    try:
+        return create_model(cfg.model.name, **overrides)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"model {cfg.model.name}: {e}") from None
+
+
+def build_teacher(cfg: Config, data: Data, device: torch.device) -> FrozenTeacher | None:
+    if cfg.distill.type == "none":
+        return None
+    model = load_teacher(
+        cfg.teacher.model, cfg.teacher.path,
+        num_classes=data.train.num_classes, in_chans=data.train.in_chans, img_size=data.img_size,
+    )  # fmt: skip
+    teacher = FrozenTeacher(model, precision=cfg.train.precision, channels_last=cfg.teacher.channels_last)
+    return teacher.to(device)
+
+
+def build_criterion(cfg: Config, teacher: FrozenTeacher | None, mixing: bool) -> DistillationLoss:
+    smoothing = 0.0 if mixing else cfg.aug.label_smoothing  # with Mixup the smoothing is in the soft targets
+
+    def base(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(logits, targets, label_smoothing=smoothing)
+
+    return DistillationLoss(
+        base, teacher,
+        distillation_type=cfg.distill.type, alpha=cfg.distill.alpha, tau=cfg.distill.tau,
+        reduction=cfg.distill.reduction, teacher_label_smoothing=cfg.distill.teacher_label_smoothing,
+    )  # fmt: skip
+
+
+def build_augment(cfg: Config, data: Data) -> tuple[TrainAugment, EvalAugment, Mixup | None]:
+    a = cfg.aug
+    mean, std = data.train.mean, data.train.std
+    train = TrainAugment(
+        img_size=data.img_size, mean=mean, std=std, scale=a.crop_scale, ratio=a.crop_ratio, hflip=a.hflip,
+        rand_augment=a.rand_augment, re_prob=a.re_prob, interpolation=a.interpolation,
+    )  # fmt: skip
+    evaluation = EvalAugment(
+        img_size=data.img_size, mean=mean, std=std, crop_pct=a.eval_crop_pct, interpolation=a.interpolation
+    )
+    mix = None
+    if a.mix_prob > 0 and (a.mixup > 0 or a.cutmix > 0):
+        mix = Mixup(
+            num_classes=data.train.num_classes, mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mix_prob,
+            switch_prob=a.switch_prob, label_smoothing=a.label_smoothing,
+        )  # fmt: skip
+    return train, evaluation, mix
+
+
+def build_train_loader(cfg: Config, data: Data, *, rank: int, world_size: int) -> BatchLoader:
+    if cfg.data.batch_size % world_size:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} (the global batch) is not divisible by the {world_size} "
+            "processes; use a multiple"
+        )
+    per_proc = cfg.data.batch_size // world_size
+    n = len(data.train)
+    sampler = RASampler(
+        n, num_replicas=world_size, rank=rank, num_repeats=cfg.data.repeated_aug, shuffle=True, seed=cfg.train.seed
+    )
+    if len(sampler) < per_proc:
+        raise ConfigError(
+            f"{data.train.name} gives {len(sampler)} images per process per epoch, fewer than one batch of "
+            f"{per_proc}; lower data.batch_size (--batch-size) to at most {len(sampler) * world_size}"
+        )
+    return BatchLoader(data.train, batch_size=per_proc, sampler=sampler, drop_last=True)
+
+
+def eval_batches(dataset: ImageSet, batch_size: int, *, rank: int = 0, world_size: int = 1) -> list[tuple]:
+    """Sequential, unpadded shard ``rank::world_size`` of an evaluation set, as (uint8 images, labels) batches."""
+    idx = torch.arange(rank, len(dataset), world_size)
+    return [(dataset.images[i], dataset.labels[i]) for i in idx.split(batch_size)]
+
+
+def iterate(batches: list[tuple]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    yield from batches
+
+
+def prepare_run_dir(cfg: Config, *, is_main: bool) -> Path:
+    """Create (or reuse, for ``--resume``/``--overwrite``) the run directory and save the resolved config.
+
+    A directory that already holds a different run is refused: resuming must be explicit and overwriting too.
+    """
+    if cfg.train.resume:
+        target = Path(cfg.train.resume)
+        run_dir = target if target.is_dir() else target.parent.parent
+    elif cfg.train.output_dir:
+        run_dir = Path(cfg.train.output_dir)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path("runs") / f"{cfg.model.name}-{cfg.data.dataset}-{stamp}"
+    if is_main:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"output dir {run_dir} exists and is not a directory")
+        holds_run = (run_dir / "config.yaml").exists() or (run_dir / "checkpoints").exists()
+        if holds_run and not (cfg.train.resume or cfg.train.overwrite):
+            raise ConfigError(
+                f"output dir {run_dir} already holds a run; pass --resume {run_dir} to continue it, "
+                "--overwrite to replace it, or choose another --output-dir"
+            )
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            probe = run_dir / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"cannot write to output dir {run_dir}: {e.strerror or e}") from None
+        if cfg.train.overwrite and not cfg.train.resume:
+            for stale in ("log.jsonl", "summary.csv", "manifest.json", "results.json"):
+                (run_dir / stale).unlink(missing_ok=True)
+            for f in (run_dir / "checkpoints").glob("ckpt-*.pt"):
+                f.unlink()
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    return run_dir
+
+
+def steps_per_epoch_or_error(loader: BatchLoader) -> int:
+    n = len(loader)
+    if n < 1:
+        raise ConfigError("an epoch has no full batch; lower data.batch_size")
+    return n
+
+
+def warmup_steps(cfg: Config, steps_per_epoch: int) -> int:
+    return int(math.ceil(cfg.optim.warmup_epochs * steps_per_epoch))
