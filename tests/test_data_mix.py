@@ -62,6 +62,17 @@ def test_prob_zero_changes_nothing_and_input_untouched():
     assert torch.equal(off(x, y, 0)[0], x) and off.last_mode == "none"
 
 
+@pytest.mark.parametrize("b", [1, 2, 5, 6, 33])
+def test_inplace_equals_out_of_place(b):
+    x, y = data(b=b)
+    for seed in range(4):  # both mixup and cutmix get drawn
+        mix = Mixup(num_classes=5)
+        ref, t_ref = mix(x, y, seed)
+        x2 = x.clone()
+        out, t = mix(x2, y, seed, inplace=True)
+        assert out is x2 and torch.allclose(out, ref, atol=1e-6) and torch.equal(t, t_ref)
+
+
 def test_odd_and_single_batches():
     x, y = data(b=5)
     mix = Mixup(num_classes=5, mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.0)

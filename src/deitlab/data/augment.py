@@ -7,6 +7,10 @@ too. Randomness comes only from an explicit ``torch.Generator`` (or an int seed)
 
 Random numbers are drawn on the generator's device (normally the CPU) and the few per-sample parameters are
 then moved to the batch's device; the pixel work runs on the batch's device.
+
+CPU note: on cores shared with other busy processes, use ``torch.set_num_threads(1)`` for the process that
+augments -- every multi-threaded op otherwise waits for a descheduled thread, and a batch can take 10-50x longer
+(``benchmarks/bench_augment.py`` shows both).
 """
 
 from __future__ import annotations
@@ -213,12 +217,11 @@ def random_resized_crop_flip(
     if backend == "resize":
         out = torch.empty(b, c, out_h, out_w, dtype=x.dtype, device=x.device)
         aa = {"antialias": True} if interpolation != "nearest" else {}
-        for i, (t, lft, hh, ww) in enumerate(zip(top.tolist(), left.tolist(), h.tolist(), w.tolist())):
-            out[i: i + 1] = F.interpolate(x[i: i + 1, :, t: t + hh, lft: lft + ww], size=(out_h, out_w),
-                                          mode=interpolation, **aa)
-        if bool(flip.any()):
-            idx = flip.nonzero().squeeze(1).to(x.device)
-            out[idx] = out[idx].flip(3)
+        boxes = zip(top.tolist(), left.tolist(), h.tolist(), w.tolist(), flip.tolist())
+        for i, (t, lft, hh, ww, fl) in enumerate(boxes):
+            res = F.interpolate(x[i: i + 1, :, t: t + hh, lft: lft + ww], size=(out_h, out_w), mode=interpolation,
+                                **aa)
+            out[i] = res[0].flip(-1) if fl else res[0]
         return out
     sx = w.float() / width
     sx = torch.where(flip, -sx, sx)  # a mirrored x axis = horizontal flip of the crop

@@ -11,7 +11,8 @@ to ``1 - box_area / image_area`` so targets match the pixels. Targets are
 
 Batch sizes: timm asserts an even batch; here any size works. With an odd batch the middle sample is paired
 with itself, and a batch of one is mixed with itself -- a no-op on both images and targets (only smoothing
-remains), which is the consistent answer rather than an error.
+remains), which is the consistent answer rather than an error. By default the input batch is left untouched;
+``inplace=True`` mixes it in place like timm.
 """
 
 from __future__ import annotations
@@ -56,6 +57,25 @@ def cutmix_box(height: int, width: int, lam: float, g: torch.Generator) -> tuple
     return y0, y1, x0, x1
 
 
+def _mix_pairs(x: torch.Tensor, w: float) -> torch.Tensor:
+    """``out[i] = lerp(x[i], x[B-1-i], w)``, out of place, in cache-sized chunks."""
+    b, out = x.shape[0], torch.empty_like(x)
+    for sl in chunks(b, x.device, x[0].numel()):
+        torch.lerp(x[sl], x[b - sl.stop: b - sl.start].flip(0), w, out=out[sl])
+    return out
+
+
+def _mix_pairs_(x: torch.Tensor, w: float) -> torch.Tensor:
+    """In-place ``x[i] = lerp(x[i], x[B-1-i], w)`` for every pair (the middle row of an odd batch is its own pair)."""
+    b = x.shape[0]
+    for sl in chunks(b // 2, x.device, 2 * x[0].numel()):
+        top, bottom = x[sl], x[b - sl.stop: b - sl.start].flip(0)  # bottom is a copy, rows paired with top
+        new_bottom = torch.lerp(bottom, top, w)
+        top.lerp_(bottom, w)
+        x[b - sl.stop: b - sl.start] = new_bottom.flip(0)
+    return x
+
+
 class Mixup:
     """Batch-mode Mixup/CutMix with label smoothing; ``mix(x, labels, generator) -> (x_mixed, soft_targets)``.
 
@@ -70,7 +90,6 @@ class Mixup:
 
     ``enabled`` can be switched off (e.g. for the last epochs); targets are then smoothed one-hots. After each
     call ``last_lam`` and ``last_mode`` (``"mixup"``, ``"cutmix"`` or ``"none"``) tell what happened.
-    The input batch is not modified.
     """
 
     def __init__(
@@ -120,8 +139,18 @@ class Mixup:
         return "cutmix", lam, box
 
     def __call__(
-        self, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | int | None = None
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        generator: torch.Generator | int | None = None,
+        *,
+        inplace: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mix a float batch; returns ``(images, soft targets (B, K))``.
+
+        ``inplace=True`` mixes ``x`` itself, as timm does -- use it on a freshly augmented batch: it saves a
+        full-size copy (CutMix then only touches the box).
+        """
         if x.ndim != 4 or labels.shape != (x.shape[0],):
             raise ConfigError(
                 f"Mixup expects x (B, C, H, W) and labels (B,), got {tuple(x.shape)} and {tuple(labels.shape)}"
@@ -135,12 +164,9 @@ class Mixup:
         if mode == "none" or lam == 1.0:
             return x, y
         if mode == "mixup":
-            b, out = x.shape[0], torch.empty_like(x)
-            for sl in chunks(b, x.device, x[0].numel()):  # row i pairs with row b-1-i; chunks keep both in cache
-                torch.lerp(x[sl], x[b - sl.stop: b - sl.start].flip(0), 1.0 - lam, out=out[sl])
-            x = out
+            x = _mix_pairs_(x, 1.0 - lam) if inplace else _mix_pairs(x, 1.0 - lam)
         else:
-            x = x.clone()
+            x = x if inplace else x.clone()
             x[:, :, y0:y1, x0:x1] = x[:, :, y0:y1, x0:x1].flip(0)
         return x, y * lam + y.flip(0) * (1.0 - lam)
 

@@ -15,9 +15,9 @@ section     meaning                                                             
 
 Per image and layer (n layers in sequence), one op is drawn uniformly *with replacement* from the op set, applied
 with probability ``p`` with magnitude ``m = clamp(N(M, S), 0, mmax)``; signed ops flip sign with probability 0.5.
-Each layer sorts the batch by the drawn op so every op runs once on a contiguous sub-batch, with per-sample
-magnitudes; all geometric ops of a layer share one ``grid_sample``. The level -> argument maps
-follow timm's ``auto_augment.py`` (``m`` in units of 1/10):
+Each layer gathers the rows that apply an op, sorted by op, so that every op runs once on a contiguous
+sub-batch with per-sample magnitudes: all point ops of the layer share one 256-entry table lookup, all geometric
+ops one ``grid_sample``. The level -> argument maps follow timm's ``auto_augment.py`` (``m`` in units of 1/10):
 
 ======================  ==========================================  =============================================
 op                      argument from magnitude m                   effect (PIL semantics)
@@ -40,11 +40,12 @@ ShearX / ShearY         s = +-0.3 m/10                              x_in = x + s
 TranslateXRel / YRel    d = +-0.45 m/10 * width / height            x_in = x + d / y_in = y + d
 ======================  ==========================================  =============================================
 
-Blends truncate like PIL's ``Image.blend`` (``floor(clamp(a + f (b - a), 0, 255))``). Geometric ops use one
-``grid_sample`` on the sub-batch with the fill colour (timm default (128, 128, 128); ``TrainAugment`` passes
-``round(255 * mean)`` like timm's ``create_transform``). Two deliberate differences from timm: the interpolation
-is fixed (timm's default picks bilinear or bicubic at random per call), and ``bits = 0`` posterises to black as
-older Pillow did (Pillow >= 11 raises for it, which crashes timm's ``inc1`` at magnitude 10).
+Blends truncate like PIL's ``Image.blend`` (``floor(clamp(a + f (b - a), 0, 255))``); point ops and blends match
+PIL exactly, geometric ops (bilinear) to within one grey level. Pixels that geometric ops move in from outside
+get the fill colour (timm default (128, 128, 128); ``TrainAugment`` passes ``round(255 * mean)`` like timm's
+``create_transform``). Two deliberate differences from timm: the interpolation is fixed (timm's default picks
+bilinear or bicubic at random per call; DeiT fixes bicubic), and ``bits = 0`` posterises to black as older Pillow
+did (Pillow 13 raises for it, which crashes timm's ``inc1`` set at magnitude 10).
 """
 
 from __future__ import annotations
