@@ -75,8 +75,9 @@ def _check_batch(x: torch.Tensor, what: str) -> None:
 CPU_CHUNK_ELEMENTS = 2**21
 
 
-def chunks(batch: int, device: torch.device, per_item: int = 3 * 224 * 224) -> list[slice]:
-    """Slices covering ``range(batch)``: CPU chunks of ~``CPU_CHUNK_ELEMENTS / per_item`` items, else one slice."""
+def chunks(batch: int, device: torch.device, per_item: int) -> list[slice]:
+    """Slices covering ``range(batch)``: on the CPU ~``CPU_CHUNK_ELEMENTS / per_item`` items each (``per_item`` =
+    elements per batch item), elsewhere one slice."""
     step = max(1, CPU_CHUNK_ELEMENTS // max(1, per_item)) if device.type == "cpu" else max(batch, 1)
     return [slice(i, min(i + step, batch)) for i in range(0, batch, step)]
 

@@ -405,14 +405,15 @@ def _read_imagefolder(root: Path | None, *, split: str, **kw) -> ImageSet:
     return read_image_folder(root, split=split, **kw)
 
 
+# name -> (reader, reader-specific keyword options accepted through load_dataset's **kw)
 _READERS: dict[str, tuple[Callable[..., ImageSet], tuple[str, ...]]] = {
-    "fashion_mnist": (read_fashion_mnist, ("val_fraction", "seed")),
-    "mnist": (read_mnist, ("val_fraction", "seed")),
-    "digits": (read_digits, ("val_fraction", "seed")),
-    "cifar10": (read_cifar10, ("val_fraction", "seed")),
-    "cifar100": (read_cifar100, ("val_fraction", "seed")),
+    "fashion_mnist": (read_fashion_mnist, ()),
+    "mnist": (read_mnist, ()),
+    "digits": (read_digits, ()),
+    "cifar10": (read_cifar10, ()),
+    "cifar100": (read_cifar100, ()),
     "imagefolder": (_read_imagefolder, ("img_size", "in_chans", "bad_images", "mean", "std", "workers")),
-    "synthetic": (_read_synthetic, ("seed", "num_samples", "num_classes", "img_size", "in_chans")),
+    "synthetic": (_read_synthetic, ("num_samples", "num_classes", "img_size", "in_chans")),
 }
 
 
@@ -446,7 +447,9 @@ def load_dataset(
     reader, allowed = _READERS[name]
     bad = sorted(set(kw) - set(allowed))
     if bad:
-        raise ConfigError(f"{name} does not take option(s) {', '.join(bad)}; allowed: {', '.join(allowed)}")
+        raise ConfigError(
+            f"{name} does not take option(s) {', '.join(bad)}; allowed: {', '.join(allowed) or 'none'}"
+        )
     params = inspect.signature(reader).parameters
     if "seed" in params:
         kw["seed"] = seed
