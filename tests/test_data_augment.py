@@ -31,11 +31,13 @@ def test_affine_grid_matches_torch():
 @pytest.mark.parametrize("backend", ["grid", "resize"])
 def test_rrc_full_crop_is_identity_and_flip_mirrors(backend):
     x = smooth_batch()
-    same = random_resized_crop_flip(x, (20, 24), scale=(1, 1), ratio=(24 / 20, 24 / 20), hflip=0.0,
-                                    backend=backend, generator=0)
+    same = random_resized_crop_flip(
+        x, (20, 24), scale=(1, 1), ratio=(24 / 20, 24 / 20), hflip=0.0, backend=backend, generator=0
+    )
     assert torch.equal(same, x)
-    flipped = random_resized_crop_flip(x, (20, 24), scale=(1, 1), ratio=(1.2, 1.2), hflip=1.0, backend=backend,
-                                       generator=0)
+    flipped = random_resized_crop_flip(
+        x, (20, 24), scale=(1, 1), ratio=(1.2, 1.2), hflip=1.0, backend=backend, generator=0
+    )
     assert torch.equal(flipped, x.flip(3))
 
 
@@ -59,7 +61,7 @@ def test_rrc_params_follow_torchvision_bounds():
     assert bool(((top >= 0) & (left >= 0) & (top + h <= 30) & (left + w <= 40)).all())
     area = (h * w).double() / 1200
     assert area.min() >= 0.08 - 0.02 and area.max() <= 1.0
-    aspect = (w.double() / h.double())
+    aspect = w.double() / h.double()
     inside = (aspect >= 3 / 4 - 0.1) & (aspect <= 4 / 3 + 0.1)
     assert inside.float().mean() > 0.99
     # the fallback for an impossible request is the centre crop clamped to the ratio

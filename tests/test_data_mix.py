@@ -95,8 +95,13 @@ def test_determinism_and_validation():
         mix(x, y, s)
         lams.add(round(mix.last_lam, 6))
     assert len(lams) > 4
-    for kw in ({"mixup_alpha": 0.0, "cutmix_alpha": 0.0}, {"prob": 2.0}, {"label_smoothing": 1.0},
-               {"mode": "pair"}, {"num_classes": 0}):
+    for kw in (
+        {"mixup_alpha": 0.0, "cutmix_alpha": 0.0},
+        {"prob": 2.0},
+        {"label_smoothing": 1.0},
+        {"mode": "pair"},
+        {"num_classes": 0},
+    ):
         with pytest.raises(ConfigError):
             Mixup(**{"num_classes": 5, **kw})
     with pytest.raises(ConfigError, match="float"):

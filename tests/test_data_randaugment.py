@@ -59,14 +59,18 @@ PIL_REFS = {
     "Sharpness": lambda i, m, s: ImageEnhance.Sharpness(i).enhance(m / 10 * 1.8 + 0.1),
     "SharpnessIncreasing": lambda i, m, s: ImageEnhance.Sharpness(i).enhance(enhance_inc(m, s)),
     "Rotate": lambda i, m, s: i.rotate(s * m / 10 * 30, resample=Image.BILINEAR, fillcolor=fill(i)),
-    "ShearX": lambda i, m, s: i.transform(i.size, Image.AFFINE, (1, s * m / 10 * 0.3, 0, 0, 1, 0),
-                                          resample=Image.BILINEAR, fillcolor=fill(i)),
-    "ShearY": lambda i, m, s: i.transform(i.size, Image.AFFINE, (1, 0, 0, s * m / 10 * 0.3, 1, 0),
-                                          resample=Image.BILINEAR, fillcolor=fill(i)),
-    "TranslateXRel": lambda i, m, s: i.transform(i.size, Image.AFFINE, (1, 0, s * m / 10 * 0.45 * i.size[0], 0, 1, 0),
-                                                 resample=Image.BILINEAR, fillcolor=fill(i)),
-    "TranslateYRel": lambda i, m, s: i.transform(i.size, Image.AFFINE, (1, 0, 0, 0, 1, s * m / 10 * 0.45 * i.size[1]),
-                                                 resample=Image.BILINEAR, fillcolor=fill(i)),
+    "ShearX": lambda i, m, s: i.transform(
+        i.size, Image.AFFINE, (1, s * m / 10 * 0.3, 0, 0, 1, 0), resample=Image.BILINEAR, fillcolor=fill(i)
+    ),
+    "ShearY": lambda i, m, s: i.transform(
+        i.size, Image.AFFINE, (1, 0, 0, s * m / 10 * 0.3, 1, 0), resample=Image.BILINEAR, fillcolor=fill(i)
+    ),
+    "TranslateXRel": lambda i, m, s: i.transform(
+        i.size, Image.AFFINE, (1, 0, s * m / 10 * 0.45 * i.size[0], 0, 1, 0), resample=Image.BILINEAR, fillcolor=fill(i)
+    ),
+    "TranslateYRel": lambda i, m, s: i.transform(
+        i.size, Image.AFFINE, (1, 0, 0, 0, 1, s * m / 10 * 0.45 * i.size[1]), resample=Image.BILINEAR, fillcolor=fill(i)
+    ),
 }
 
 
@@ -95,7 +99,7 @@ def test_per_sample_magnitudes_and_signs():
     m, s = torch.tensor([0.0, 3.0, 6.0, 9.0]), torch.tensor([1.0, -1.0, 1.0, -1.0])
     both = apply_op("Rotate", x, m, s)
     for i in range(4):
-        assert torch.equal(both[i], apply_op("Rotate", x[i: i + 1], float(m[i]), float(s[i]))[0])
+        assert torch.equal(both[i], apply_op("Rotate", x[i : i + 1], float(m[i]), float(s[i]))[0])
 
 
 def test_identities_and_known_values():
@@ -125,8 +129,14 @@ def test_equalize_known_histogram():
 
 def test_parse_config_strings():
     cfg = parse_rand_augment("rand-m9-mstd0.5-inc1")
-    assert cfg == {"num_ops": 2, "magnitude": 9.0, "prob": 0.5, "magnitude_std": 0.5, "magnitude_max": 10.0,
-                   "increasing": True}
+    assert cfg == {
+        "num_ops": 2,
+        "magnitude": 9.0,
+        "prob": 0.5,
+        "magnitude_std": 0.5,
+        "magnitude_max": 10.0,
+        "increasing": True,
+    }
     cfg = parse_rand_augment("rand-n3-m12-mmax12-mstd101-p0.7")
     assert (cfg["num_ops"], cfg["magnitude"], cfg["magnitude_max"], cfg["prob"]) == (3, 12.0, 12.0, 0.7)
     assert cfg["magnitude_std"] == float("inf") and cfg["increasing"] is False
@@ -153,11 +163,11 @@ def test_batched_plan_equals_per_image_sequence():
     out = ra.apply_plan(x, layers)
     assert not torch.equal(out, x) and torch.equal(x, batch(3, b=40, seed=1))
     for i in range(40):
-        ref = x[i: i + 1]
+        ref = x[i : i + 1]
         for choice, apply, mag, sign in layers:
             if apply[i]:
                 ref = apply_op(ra.ops[int(choice[i])], ref, float(mag[i]), float(sign[i]), fill=(1, 2, 3))
-        assert torch.equal(out[i: i + 1], ref), i
+        assert torch.equal(out[i : i + 1], ref), i
 
 
 def test_randaugment_determinism_and_probability():

@@ -141,7 +141,12 @@ def warp_affine(
 
 
 def rrc_params(
-    batch: int, height: int, width: int, scale: Sequence[float], ratio: Sequence[float], g: torch.Generator,
+    batch: int,
+    height: int,
+    width: int,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    g: torch.Generator,
     attempts: int = 10,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(top, left, h, w)`` int64 ``(B,)`` crop boxes with torchvision/timm RandomResizedCrop semantics.
@@ -220,8 +225,9 @@ def random_resized_crop_flip(
         aa = {"antialias": True} if interpolation != "nearest" else {}
         boxes = zip(top.tolist(), left.tolist(), h.tolist(), w.tolist(), flip.tolist())
         for i, (t, lft, hh, ww, fl) in enumerate(boxes):
-            res = F.interpolate(x[i: i + 1, :, t: t + hh, lft: lft + ww], size=(out_h, out_w), mode=interpolation,
-                                **aa)
+            res = F.interpolate(
+                x[i : i + 1, :, t : t + hh, lft : lft + ww], size=(out_h, out_w), mode=interpolation, **aa
+            )
             out[i] = res[0].flip(-1) if fl else res[0]
         return out
     sx = w.float() / width
@@ -271,7 +277,7 @@ def eval_transform(
         x = y.round_().clamp_(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else y.to(x.dtype)
         h, w = nh, nw
     top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return x[:, :, top: top + size, left: left + size]
+    return x[:, :, top : top + size, left : left + size]
 
 
 # ----------------------------------------------------------------------------------------------- random erasing
@@ -307,17 +313,18 @@ def random_erasing(
         raise ConfigError(f"random_erasing expects the normalised float batch, got dtype {x.dtype}")
     g = as_generator(generator)
     c = x.shape[1]
-    boxes = erasing_boxes(x.shape[0], x.shape[-2], x.shape[-1], p, count, min_count, min_area, max_area, min_aspect,
-                          max_aspect, g)
+    boxes = erasing_boxes(
+        x.shape[0], x.shape[-2], x.shape[-1], p, count, min_count, min_area, max_area, min_aspect, max_aspect, g
+    )
     sizes = [c * h * w if mode == "pixel" else c for _, _, _, h, w in boxes]
     noise = torch.randn(sum(sizes), generator=g, device=g.device, dtype=x.dtype).to(x.device) if boxes else None
     start = 0
     for (i, top, left, h, w), n in zip(boxes, sizes):
-        box = x[i, :, top: top + h, left: left + w]
+        box = x[i, :, top : top + h, left : left + w]
         if mode == "pixel":
-            box.copy_(noise[start: start + n].view(c, h, w))
+            box.copy_(noise[start : start + n].view(c, h, w))
         elif mode == "rand":
-            box.copy_(noise[start: start + n].view(c, 1, 1).expand_as(box))
+            box.copy_(noise[start : start + n].view(c, 1, 1).expand_as(box))
         else:
             box.zero_()
         start += n
@@ -325,8 +332,17 @@ def random_erasing(
 
 
 def erasing_boxes(
-    batch: int, height: int, width: int, p: float, count: int, min_count: int, min_area: float, max_area: float,
-    min_aspect: float, max_aspect: float | None, g: torch.Generator,
+    batch: int,
+    height: int,
+    width: int,
+    p: float,
+    count: int,
+    min_count: int,
+    min_area: float,
+    max_area: float,
+    min_aspect: float,
+    max_aspect: float | None,
+    g: torch.Generator,
 ) -> list[tuple[int, int, int, int, int]]:
     """Draw random-erasing boxes ``(image, top, left, h, w)`` for a batch (all draws vectorised, 10 tries per box)."""
     max_aspect = max_aspect or 1 / min_aspect
@@ -417,8 +433,9 @@ class TrainAugment:
         g = as_generator(generator)
         x = images
         if self.scale is not None:
-            x = random_resized_crop_flip(x, self.img_size, self.scale, self.ratio, self.hflip,
-                                         interpolation=self.interpolation, generator=g)
+            x = random_resized_crop_flip(
+                x, self.img_size, self.scale, self.ratio, self.hflip, interpolation=self.interpolation, generator=g
+            )
         else:
             if tuple(x.shape[-2:]) != self.img_size:
                 raise ConfigError(f"scale=None needs images of size {self.img_size}, got {tuple(x.shape[-2:])}")
@@ -432,9 +449,11 @@ class TrainAugment:
         return x.contiguous()
 
     def __repr__(self) -> str:
-        return (f"TrainAugment(img_size={self.img_size}, scale={self.scale}, ratio={self.ratio}, hflip={self.hflip}, "
-                f"rand_augment={self.rand_augment!r}, re_prob={self.re_prob}, re_mode={self.re_mode!r}, "
-                f"interpolation={self.interpolation!r})")
+        return (
+            f"TrainAugment(img_size={self.img_size}, scale={self.scale}, ratio={self.ratio}, hflip={self.hflip}, "
+            f"rand_augment={self.rand_augment!r}, re_prob={self.re_prob}, re_mode={self.re_mode!r}, "
+            f"interpolation={self.interpolation!r})"
+        )
 
 
 class EvalAugment:

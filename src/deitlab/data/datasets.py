@@ -98,7 +98,12 @@ class ImageSet:
         """A new ImageSet with the given rows (copied), same classes and statistics."""
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return ImageSet(
-            self.images[idx], self.labels[idx], list(self.classes), self.mean, self.std, self.name,
+            self.images[idx],
+            self.labels[idx],
+            list(self.classes),
+            self.mean,
+            self.std,
+            self.name,
             list(self.skipped),
         )
 
@@ -117,22 +122,59 @@ class DatasetInfo:
 
 
 _FASHION_HINT = "install it with `apt-get install dataset-fashion-mnist` or pass --data-path DIR holding the idx files"
-_CIFAR_HINT = "download the *binary* version from https://www.cs.toronto.edu/~kriz/cifar.html, extract it, " \
+_CIFAR_HINT = (
+    "download the *binary* version from https://www.cs.toronto.edu/~kriz/cifar.html, extract it, "
     "and pass --data-path DIR"
+)
 
 DATASETS: dict[str, DatasetInfo] = {
-    "fashion_mnist": DatasetInfo("fashion_mnist", 1, 28, 10, (0.2860,), (0.3530,),
-                                 f"idx files (.gz or raw); default {FASHION_MNIST_DEFAULT_ROOT}; {_FASHION_HINT}"),
+    "fashion_mnist": DatasetInfo(
+        "fashion_mnist",
+        1,
+        28,
+        10,
+        (0.2860,),
+        (0.3530,),
+        f"idx files (.gz or raw); default {FASHION_MNIST_DEFAULT_ROOT}; {_FASHION_HINT}",
+    ),
     "mnist": DatasetInfo("mnist", 1, 28, 10, (0.1307,), (0.3081,), "idx files (.gz or raw) under --data-path"),
     "digits": DatasetInfo("digits", 1, 8, 10, (0.3053,), (0.3759,), "scikit-learn's bundled 8x8 digits (1,797)"),
-    "cifar10": DatasetInfo("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                           f"CIFAR-10 binary batches; {_CIFAR_HINT}"),
-    "cifar100": DatasetInfo("cifar100", 3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                            f"CIFAR-100 binary train.bin/test.bin (fine labels); {_CIFAR_HINT}"),
-    "imagefolder": DatasetInfo("imagefolder", 3, 224, None, IMAGENET_MEAN, IMAGENET_STD,
-                               "root/{train,val,test}/<class>/<image>, decoded to img_size at load time"),
-    "synthetic": DatasetInfo("synthetic", 3, 32, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
-                             "seeded random images with learnable class structure (tests, smoke runs)"),
+    "cifar10": DatasetInfo(
+        "cifar10",
+        3,
+        32,
+        10,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        f"CIFAR-10 binary batches; {_CIFAR_HINT}",
+    ),
+    "cifar100": DatasetInfo(
+        "cifar100",
+        3,
+        32,
+        100,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        f"CIFAR-100 binary train.bin/test.bin (fine labels); {_CIFAR_HINT}",
+    ),
+    "imagefolder": DatasetInfo(
+        "imagefolder",
+        3,
+        224,
+        None,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        "root/{train,val,test}/<class>/<image>, decoded to img_size at load time",
+    ),
+    "synthetic": DatasetInfo(
+        "synthetic",
+        3,
+        32,
+        10,
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+        "seeded random images with learnable class structure (tests, smoke runs)",
+    ),
 }
 
 
@@ -198,16 +240,14 @@ def read_idx(path: str | Path, ndim: int | None = None) -> np.ndarray:
         raise DataError(f"idx file {path} is not a readable gzip file ({e}); re-download or re-extract it") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         magic = raw[:4].hex() if len(raw) >= 4 else f"{len(raw)} bytes"
-        raise DataError(
-            f"idx file {path} has magic {magic}; expected 0000 08 0N (unsigned-byte idx with N dimensions)"
-        )
+        raise DataError(f"idx file {path} has magic {magic}; expected 0000 08 0N (unsigned-byte idx with N dimensions)")
     nd = raw[3]
     if ndim is not None and nd != ndim:
         raise DataError(f"idx file {path} declares {nd} dimensions; expected {ndim}")
     header = 4 + 4 * nd
     if len(raw) < header:
         raise DataError(f"idx file {path} is truncated: {len(raw)} bytes, shorter than its {header}-byte header")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd))
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(nd))
     expected = header + math.prod(dims)
     if len(raw) != expected:
         raise DataError(
@@ -225,8 +265,16 @@ def _find_file(roots: Sequence[Path], stem: str, hint: str) -> Path:
     raise DataError(f"no {stem}[.gz] under {roots[0]}; {hint}")
 
 
-def _read_mnist_like(name: str, root: Path | None, default_root: Path | None, classes: list[str], hint: str,
-                     split: str, val_fraction: float, seed: int) -> ImageSet:
+def _read_mnist_like(
+    name: str,
+    root: Path | None,
+    default_root: Path | None,
+    classes: list[str],
+    hint: str,
+    split: str,
+    val_fraction: float,
+    seed: int,
+) -> ImageSet:
     if root is None:
         if default_root is None:
             raise DataError(f"{name} needs a data path; {hint}")
@@ -251,24 +299,45 @@ def _read_mnist_like(name: str, root: Path | None, default_root: Path | None, cl
     return ImageSet(
         torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1),
         torch.from_numpy(labels.astype(np.int64)),
-        classes, info.mean, info.std, f"{name}/{split}",
+        classes,
+        info.mean,
+        info.std,
+        f"{name}/{split}",
     )
 
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def read_fashion_mnist(root: Path | None, *, split: str, val_fraction: float = 1 / 12, seed: int = 0) -> ImageSet:
-    return _read_mnist_like("fashion_mnist", root, FASHION_MNIST_DEFAULT_ROOT, FASHION_CLASSES, _FASHION_HINT,
-                            split, val_fraction, seed)
+    return _read_mnist_like(
+        "fashion_mnist", root, FASHION_MNIST_DEFAULT_ROOT, FASHION_CLASSES, _FASHION_HINT, split, val_fraction, seed
+    )
 
 
 def read_mnist(root: Path | None, *, split: str, val_fraction: float = 1 / 12, seed: int = 0) -> ImageSet:
-    return _read_mnist_like("mnist", root, None, [str(i) for i in range(10)],
-                            "pass --data-path DIR holding train-images-idx3-ubyte[.gz] and friends",
-                            split, val_fraction, seed)
+    return _read_mnist_like(
+        "mnist",
+        root,
+        None,
+        [str(i) for i in range(10)],
+        "pass --data-path DIR holding train-images-idx3-ubyte[.gz] and friends",
+        split,
+        val_fraction,
+        seed,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- CIFAR binary
@@ -326,8 +395,14 @@ def _read_cifar(name: str, root: Path | None, split: str, val_fraction: float, s
     if split != "test":
         images, labels = _train_val(images, labels, split, val_fraction, seed, name)
     info = DATASETS[name]
-    return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), classes,
-                    info.mean, info.std, f"{name}/{split}")
+    return ImageSet(
+        torch.from_numpy(np.ascontiguousarray(images)),
+        torch.from_numpy(labels),
+        classes,
+        info.mean,
+        info.std,
+        f"{name}/{split}",
+    )
 
 
 def read_cifar10(root: Path | None, *, split: str, val_fraction: float = 0.1, seed: int = 0) -> ImageSet:
@@ -356,8 +431,14 @@ def read_digits(root: Path | None, *, split: str, val_fraction: float = 0.1, see
     else:
         images, labels = _train_val(images[rest], labels[rest], split, val_fraction, seed, "digits")
     info = DATASETS["digits"]
-    return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels),
-                    [str(i) for i in range(10)], info.mean, info.std, f"digits/{split}")
+    return ImageSet(
+        torch.from_numpy(np.ascontiguousarray(images)),
+        torch.from_numpy(labels),
+        [str(i) for i in range(10)],
+        info.mean,
+        info.std,
+        f"digits/{split}",
+    )
 
 
 def make_synthetic(
@@ -382,15 +463,20 @@ def make_synthetic(
         raise ConfigError(f"synthetic: num_samples={n} must be >= 0")
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(num_classes, in_chans, 4, 4, generator=g)
-    templates = torch.nn.functional.interpolate(coarse, size=(img_size, img_size), mode="bilinear",
-                                                align_corners=False)
+    templates = torch.nn.functional.interpolate(coarse, size=(img_size, img_size), mode="bilinear", align_corners=False)
     g = torch.Generator().manual_seed(seed * 1009 + 1 + SPLITS.index(split))
     labels = torch.randperm(n, generator=g) % num_classes
     x = templates[labels]  # (n, C, S, S)
     x = 0.7 * x + 0.15 + 0.1 * torch.randn(x.shape, generator=g) + 0.05 * torch.randn(n, 1, 1, 1, generator=g)
     images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
-    return ImageSet(images, labels.long(), [f"class_{i}" for i in range(num_classes)], (0.5,) * in_chans,
-                    (0.25,) * in_chans, f"synthetic/{split}")
+    return ImageSet(
+        images,
+        labels.long(),
+        [f"class_{i}" for i in range(num_classes)],
+        (0.5,) * in_chans,
+        (0.25,) * in_chans,
+        f"synthetic/{split}",
+    )
 
 
 def _read_synthetic(root: Path | None, *, split: str, seed: int = 0, **kw) -> ImageSet:
@@ -447,9 +533,7 @@ def load_dataset(
     reader, allowed = _READERS[name]
     bad = sorted(set(kw) - set(allowed))
     if bad:
-        raise ConfigError(
-            f"{name} does not take option(s) {', '.join(bad)}; allowed: {', '.join(allowed) or 'none'}"
-        )
+        raise ConfigError(f"{name} does not take option(s) {', '.join(bad)}; allowed: {', '.join(allowed) or 'none'}")
     params = inspect.signature(reader).parameters
     if "seed" in params:
         kw["seed"] = seed

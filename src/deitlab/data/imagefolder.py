@@ -139,8 +139,12 @@ def read_image_folder(
     skipped = [s[0] for s, a in zip(samples, arrays) if a is None]
     kept = [(a, s[1]) for s, a in zip(samples, arrays) if a is not None]
     if skipped:
-        logger.warning("imagefolder %s: skipped %d unreadable image(s), e.g. %s", Path(root) / split, len(skipped),
-                       ", ".join(skipped[:3]))
+        logger.warning(
+            "imagefolder %s: skipped %d unreadable image(s), e.g. %s",
+            Path(root) / split,
+            len(skipped),
+            ", ".join(skipped[:3]),
+        )
     if not kept:
         raise DataError(f"image folder {Path(root) / split}: none of its {len(samples)} images could be decoded")
     images = torch.from_numpy(np.stack([a for a, _ in kept])).permute(0, 3, 1, 2).contiguous()  # (N, C, S, S)

@@ -72,7 +72,7 @@ class BatchLoader:
         start, self._start = self._start, 0
         images, labels = self.dataset.images, self.dataset.labels
         for b in range(start, len(self)):
-            idx = order[b * self.batch_size: (b + 1) * self.batch_size]
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x, y = images[idx], labels[idx]
             if self.device is not None:
                 if self.pin_memory and self.device.type == "cuda":

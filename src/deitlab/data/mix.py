@@ -61,7 +61,7 @@ def _mix_pairs(x: torch.Tensor, w: float) -> torch.Tensor:
     """``out[i] = lerp(x[i], x[B-1-i], w)``, out of place, in cache-sized chunks."""
     b, out = x.shape[0], torch.empty_like(x)
     for sl in chunks(b, x.device, x[0].numel()):
-        torch.lerp(x[sl], x[b - sl.stop: b - sl.start].flip(0), w, out=out[sl])
+        torch.lerp(x[sl], x[b - sl.stop : b - sl.start].flip(0), w, out=out[sl])
     return out
 
 
@@ -69,10 +69,10 @@ def _mix_pairs_(x: torch.Tensor, w: float) -> torch.Tensor:
     """In-place ``x[i] = lerp(x[i], x[B-1-i], w)`` for every pair (the middle row of an odd batch is its own pair)."""
     b = x.shape[0]
     for sl in chunks(b // 2, x.device, 2 * x[0].numel()):
-        top, bottom = x[sl], x[b - sl.stop: b - sl.start].flip(0)  # bottom is a copy, rows paired with top
+        top, bottom = x[sl], x[b - sl.stop : b - sl.start].flip(0)  # bottom is a copy, rows paired with top
         new_bottom = torch.lerp(bottom, top, w)
         top.lerp_(bottom, w)
-        x[b - sl.stop: b - sl.start] = new_bottom.flip(0)
+        x[b - sl.stop : b - sl.start] = new_bottom.flip(0)
     return x
 
 
@@ -171,6 +171,8 @@ class Mixup:
         return x, y * lam + y.flip(0) * (1.0 - lam)
 
     def __repr__(self) -> str:
-        return (f"Mixup(num_classes={self.num_classes}, mixup_alpha={self.mixup_alpha}, "
-                f"cutmix_alpha={self.cutmix_alpha}, prob={self.prob}, switch_prob={self.switch_prob}, "
-                f"label_smoothing={self.label_smoothing})")
+        return (
+            f"Mixup(num_classes={self.num_classes}, mixup_alpha={self.mixup_alpha}, "
+            f"cutmix_alpha={self.cutmix_alpha}, prob={self.prob}, switch_prob={self.switch_prob}, "
+            f"label_smoothing={self.label_smoothing})"
+        )

@@ -62,13 +62,38 @@ from deitlab.errors import ConfigError
 LEVEL_DENOM = 10.0
 
 RAND_TRANSFORMS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast",
-    "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "SolarizeAdd",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
 )
 RAND_INCREASING_TRANSFORMS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
-    "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY",
-    "TranslateXRel", "TranslateYRel",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "PosterizeIncreasing",
+    "SolarizeIncreasing",
+    "SolarizeAdd",
+    "ColorIncreasing",
+    "ContrastIncreasing",
+    "BrightnessIncreasing",
+    "SharpnessIncreasing",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
 )
 
 
@@ -158,8 +183,9 @@ def apply_lut(x: torch.Tensor, lut: torch.Tensor, out: torch.Tensor | None = Non
     out = torch.empty_like(x) if out is None else out
     for sl in chunks(k, x.device, x[0].numel()):
         n = (sl.stop - sl.start) * c
-        offs = torch.arange(sl.start * c * 256, sl.start * c * 256 + n * 256, 256, device=x.device,
-                            dtype=torch.int32).view(n, 1)
+        offs = torch.arange(
+            sl.start * c * 256, sl.start * c * 256 + n * 256, 256, device=x.device, dtype=torch.int32
+        ).view(n, 1)
         idx = torch.add(x[sl].reshape(n, -1), offs).view(-1)  # uint8 + int32 offsets -> int32 table index
         out[sl] = table.index_select(0, idx).view(out[sl].shape)
     return out
@@ -228,6 +254,7 @@ def _affine(a, b, c, d, e, f) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- level -> argument
+
 
 def _signed(level, sign):
     return level * sign
@@ -341,8 +368,14 @@ def parse_rand_augment(config: str) -> dict:
     parts = config.split("-")
     if parts[0] != "rand":
         raise ConfigError(f"RandAugment config {config!r} must start with 'rand', e.g. 'rand-m9-mstd0.5-inc1'")
-    out = {"num_ops": 2, "magnitude": 10.0, "prob": 0.5, "magnitude_std": 0.0, "magnitude_max": LEVEL_DENOM,
-           "increasing": False}
+    out = {
+        "num_ops": 2,
+        "magnitude": 10.0,
+        "prob": 0.5,
+        "magnitude_std": 0.0,
+        "magnitude_max": LEVEL_DENOM,
+        "increasing": False,
+    }
     for sec in parts[1:]:
         m = re.fullmatch(r"([a-z]+)(\d.*)", sec)
         key, val = (m.group(1), m.group(2)) if m else (sec, "")
@@ -395,8 +428,8 @@ class RandAugment:
         cfg = parse_rand_augment(config)
         self.num_ops, self.magnitude, self.prob = cfg["num_ops"], cfg["magnitude"], cfg["prob"]
         self.magnitude_std, self.magnitude_max = cfg["magnitude_std"], cfg["magnitude_max"]
-        self.ops = tuple(ops) if ops is not None else (
-            RAND_INCREASING_TRANSFORMS if cfg["increasing"] else RAND_TRANSFORMS
+        self.ops = (
+            tuple(ops) if ops is not None else (RAND_INCREASING_TRANSFORMS if cfg["increasing"] else RAND_TRANSFORMS)
         )
         unknown = [o for o in self.ops if o not in ALL_OPS]
         if unknown or not self.ops:
@@ -476,7 +509,7 @@ class RandAugment:
                     fn, level = _LUT_OPS[self.ops[k]]
                     ids = rows[lo:hi]
                     arg = None if level is None else _LEVELS[level](mag[ids], sign[ids])
-                    lut[lo - lo_all: hi - lo_all] = fn(sub[lo:hi], arg)
+                    lut[lo - lo_all : hi - lo_all] = fn(sub[lo:hi], arg)
                 apply_lut(seg, lut, out=seg)
             geo = []
             for k, (lo, hi) in args.items():
@@ -485,15 +518,16 @@ class RandAugment:
                     fn, level = _BLEND_OPS[self.ops[k]]
                     factor = _LEVELS[level](mag[ids], sign[ids])
                     for sl in chunks(hi - lo, x.device, x[0].numel()):  # cache-sized pieces on the CPU
-                        sub[lo + sl.start: lo + sl.stop] = fn(sub[lo + sl.start: lo + sl.stop], factor[sl])
+                        sub[lo + sl.start : lo + sl.stop] = fn(sub[lo + sl.start : lo + sl.stop], factor[sl])
                 elif self.ops[k] in GEOMETRIC_OPS:
-                    geo.append((lo, hi, geometric_matrix(self.ops[k], _level_of(self.ops[k])(mag[ids], sign[ids]),
-                                                         h, w)))
+                    geo.append(
+                        (lo, hi, geometric_matrix(self.ops[k], _level_of(self.ops[k])(mag[ids], sign[ids]), h, w))
+                    )
             if geo:
                 lo_all, hi_all = min(r[0] for r in geo), max(r[1] for r in geo)
                 matrix = torch.empty(hi_all - lo_all, 2, 3)
                 for lo, hi, m in geo:
-                    matrix[lo - lo_all: hi - lo_all] = m
+                    matrix[lo - lo_all : hi - lo_all] = m
                 seg = sub[lo_all:hi_all]
                 _geometric(seg, matrix, fill, self.interpolation, out=seg)
             x.index_copy_(0, rows.to(x.device), sub)

@@ -82,14 +82,19 @@ class RASampler(Sampler[int]):
         total = len(self) * self.num_replicas
         if total > n:  # wrap around; more than once only when n < num_replicas
             order = order.repeat(math.ceil(total / n))[:total]
-        return order[self.rank: total: self.num_replicas]
+        return order[self.rank : total : self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.epoch_indices().tolist())
 
     def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch, "num_samples": self.num_samples,
-                "num_repeats": self.num_repeats, "shuffle": self.shuffle}
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "num_samples": self.num_samples,
+            "num_repeats": self.num_repeats,
+            "shuffle": self.shuffle,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore ``seed`` and ``epoch``; refuse a state saved for a different data size or repeat count."""
@@ -102,8 +107,10 @@ class RASampler(Sampler[int]):
         self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(num_samples={self.num_samples}, num_replicas={self.num_replicas}, "
-                f"rank={self.rank}, num_repeats={self.num_repeats}, shuffle={self.shuffle}, seed={self.seed})")
+        return (
+            f"{type(self).__name__}(num_samples={self.num_samples}, num_replicas={self.num_replicas}, "
+            f"rank={self.rank}, num_repeats={self.num_repeats}, shuffle={self.shuffle}, seed={self.seed})"
+        )
 
 
 class ShuffleSampler(RASampler):
@@ -112,5 +119,4 @@ class ShuffleSampler(RASampler):
     def __init__(
         self, num_samples: int, *, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0
     ) -> None:
-        super().__init__(num_samples, num_replicas=num_replicas, rank=rank, num_repeats=1, shuffle=shuffle,
-                         seed=seed)
+        super().__init__(num_samples, num_replicas=num_replicas, rank=rank, num_repeats=1, shuffle=shuffle, seed=seed)

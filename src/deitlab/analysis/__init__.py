@@ -1,0 +1,1 @@
+"""Tools to see what training did: plots (and, later, collapse/token/agreement analyses)."""
