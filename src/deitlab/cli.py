@@ -164,12 +164,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 # ---- demo -------------------------------------------------------------------------------------------------------
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from deitlab.demo import run_demo
+    from deitlab.demo import format_table, run_demo
 
-    run_demo(
+    result = run_demo(
         quick=args.quick, output_dir=args.output_dir, dataset=args.data_set, data_path=args.data_path,
         baseline=args.baseline, progress=not args.quiet,
     )  # fmt: skip
+    print()
+    print(format_table(result))
+    print(f"plots: {result.out_dir / 'curves.png'}, {result.out_dir / 'confusion_student.png'}")
     return 0
 
 

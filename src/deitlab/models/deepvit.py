@@ -25,3 +25,12 @@ register_vit(
     "deepvit_l", family="deepvit", embed_dim=420, depth=32, num_heads=12, mlp_ratio=3.0, stem="cnn",
     reattention=(False,) * 20 + (True,) * 12, scale_adjustment=0.5,
 )  # fmt: skip
+
+# Re-attention twins of the small-image DeiTs (deit_{tiny,micro}[_distilled]_patch4_28): every block re-attends.
+_SMALL = dict(img_size=28, in_chans=1, num_classes=10, patch_size=4, reattention=True)
+for _size, _cfg in {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0),
+    "micro": dict(embed_dim=128, depth=6, num_heads=4, mlp_ratio=3.0),
+}.items():
+    register_vit(f"deepvit_{_size}_patch4_28", family="small", **_SMALL, **_cfg)
+    register_vit(f"deepvit_{_size}_distilled_patch4_28", family="small", distilled=True, **_SMALL, **_cfg)

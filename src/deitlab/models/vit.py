@@ -438,3 +438,19 @@ for _flops, _cfg in _VIT_PC.items():
     )
 for _variant, _stem in _4GF_STEM_VARIANTS.items():
     register_vit(f"vit_c_4gf_{_variant}", family="vit_c", stem="conv", **{**_VIT_PC["4gf"], "depth": 11}, **_stem)
+
+# ---- small images (28-32 px, e.g. Fashion-MNIST): patch 4 -> 7x7 tokens at 28 px ------------------------------
+# "tiny" keeps DeiT-Ti's shape; "micro" is the demo's budget size. The ViT_C twins replace the patchify stem by
+# two 3x3 stride-2 convs (total stride 4). At 28 px that stem costs less than a sixth of one micro block
+# (1.4M vs 8.4M multiply-adds), so unlike ImageNet-size ViT_C they keep all blocks.
+_SMALL = dict(img_size=28, in_chans=1, num_classes=10, patch_size=4)
+_SMALL_SIZES = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0),
+    "micro": dict(embed_dim=128, depth=6, num_heads=4, mlp_ratio=3.0),
+}
+_SMALL_C_STEM = dict(stem="conv", stem_kernels=(3, 3), stem_strides=(2, 2), stem_channels=(32, 64))
+for _size, _cfg in _SMALL_SIZES.items():
+    for _distilled in (False, True):
+        _d = "_distilled" if _distilled else ""
+        register_vit(f"deit_{_size}{_d}_patch4_28", family="small", distilled=_distilled, **_SMALL, **_cfg)
+        register_vit(f"vit_c_{_size}{_d}_28", family="small", distilled=_distilled, **_SMALL, **_cfg, **_SMALL_C_STEM)
