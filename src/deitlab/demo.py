@@ -74,9 +74,7 @@ def pick_dataset(requested: str | None, data_path: str | None) -> str:
         return "digits"
 
 
-def demo_configs(
-    out_dir: Path, *, dataset: str, data_path: str | None, quick: bool
-) -> tuple[Config, Config, Config]:
+def demo_configs(out_dir: Path, *, dataset: str, data_path: str | None, quick: bool) -> tuple[Config, Config, Config]:
     """The teacher, student and baseline configs of the demo (YAML recipes + dataset/quick overrides)."""
     common = [f"data.dataset={dataset}"] + ([f"data.path={data_path}"] if data_path else []) + ["train.overwrite=true"]
     t_extra, s_extra = (_DIGITS_TEACHER, _DIGITS_STUDENT) if dataset == "digits" else ([], [])
@@ -84,8 +82,10 @@ def demo_configs(
         raise ConfigError(f"the demo runs on fashion_mnist, mnist or digits, not {dataset!r}")
     quick_t = _QUICK if quick else []
     quick_s = _QUICK + _QUICK_STUDENT if quick else []
-    teacher = build_config(base=_recipe("demo_teacher.yaml"),
-                           overrides=t_extra + common + quick_t + [f"train.output_dir={out_dir / 'teacher'}"])  # fmt: skip
+    teacher = build_config(
+        base=_recipe("demo_teacher.yaml"),
+        overrides=t_extra + common + quick_t + [f"train.output_dir={out_dir / 'teacher'}"],
+    )
     teacher_weights = out_dir / "teacher" / "model.safetensors"
     student = build_config(
         base=_recipe("demo_student.yaml"),
