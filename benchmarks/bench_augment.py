@@ -79,15 +79,39 @@ def timm_transform(size: int, mean, std):
         return img.point(lambda _v: 0) if bits < 1 else ImageOps.posterize(img, bits)
 
     aa.NAME_TO_OP["PosterizeIncreasing"] = posterize
-    return create_transform(size, is_training=True, auto_augment=RA, re_prob=0.25, re_mode="pixel", re_count=1,
-                            interpolation="bicubic", mean=mean, std=std)
+    return create_transform(
+        size,
+        is_training=True,
+        auto_augment=RA,
+        re_prob=0.25,
+        re_mode="pixel",
+        re_count=1,
+        interpolation="bicubic",
+        mean=mean,
+        std=std,
+    )
 
 
 class MiniPIL:
     """A compact per-image PIL version of the pipeline, used when timm is not installed."""
 
-    OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
-           "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY")
+    OPS = (
+        "AutoContrast",
+        "Equalize",
+        "Invert",
+        "Rotate",
+        "Posterize",
+        "Solarize",
+        "SolarizeAdd",
+        "Color",
+        "Contrast",
+        "Brightness",
+        "Sharpness",
+        "ShearX",
+        "ShearY",
+        "TranslateX",
+        "TranslateY",
+    )
 
     def __init__(self, size: int, mean, std):
         self.size, self.mean, self.std = size, np.array(mean, np.float32), np.array(std, np.float32)
@@ -96,9 +120,12 @@ class MiniPIL:
         s = -1 if random.random() > 0.5 else 1
         f = max(0.1, 1 + s * m / 10 * 0.9)
         fill = 128 if img.mode == "L" else (128, 128, 128)
-        aff = {"ShearX": (1, s * 0.3 * m / 10, 0, 0, 1, 0), "ShearY": (1, 0, 0, s * 0.3 * m / 10, 1, 0),
-               "TranslateX": (1, 0, s * 0.45 * m / 10 * img.size[0], 0, 1, 0),
-               "TranslateY": (1, 0, 0, 0, 1, s * 0.45 * m / 10 * img.size[1])}
+        aff = {
+            "ShearX": (1, s * 0.3 * m / 10, 0, 0, 1, 0),
+            "ShearY": (1, 0, 0, s * 0.3 * m / 10, 1, 0),
+            "TranslateX": (1, 0, s * 0.45 * m / 10 * img.size[0], 0, 1, 0),
+            "TranslateY": (1, 0, 0, 0, 1, s * 0.45 * m / 10 * img.size[1]),
+        }
         if name in aff:
             return img.transform(img.size, Image.AFFINE, aff[name], Image.BICUBIC, fillcolor=fill)
         if name == "Rotate":
@@ -113,8 +140,9 @@ class MiniPIL:
         if name == "SolarizeAdd":
             add = min(128, int(m / 10 * 110))
             return img.point([min(255, i + add) if i < 128 else i for i in range(256)] * len(img.getbands()))
-        return {"AutoContrast": ImageOps.autocontrast, "Equalize": ImageOps.equalize,
-                "Invert": ImageOps.invert}[name](img)
+        return {"AutoContrast": ImageOps.autocontrast, "Equalize": ImageOps.equalize, "Invert": ImageOps.invert}[name](
+            img
+        )
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         w, h = img.size
@@ -142,7 +170,7 @@ class MiniPIL:
                 eh, ew = round(math.sqrt(area * ar)), round(math.sqrt(area / ar))
                 if ew < self.size and eh < self.size:
                     t, lft = random.randint(0, self.size - eh), random.randint(0, self.size - ew)
-                    x[:, t: t + eh, lft: lft + ew] = torch.randn(x.shape[0], eh, ew)
+                    x[:, t : t + eh, lft : lft + ew] = torch.randn(x.shape[0], eh, ew)
                     break
         return x
 
@@ -183,8 +211,15 @@ def bench_size(size: int, src: int, chans: int, n: int, min_time: float, use_tim
     for threads in (2, 1):
         torch.set_num_threads(threads)
         for ra_interp in ("bicubic", "bilinear"):
-            aug = TrainAugment(img_size=size, mean=mean, std=std, rand_augment=RA, re_prob=0.25,
-                               interpolation="bicubic", ra_interpolation=ra_interp)
+            aug = TrainAugment(
+                img_size=size,
+                mean=mean,
+                std=std,
+                rand_augment=RA,
+                re_prob=0.25,
+                interpolation="bicubic",
+                ra_interpolation=ra_interp,
+            )
             tag = "" if ra_interp == "bicubic" else ", RA bilinear"
             row(f"deitlab batched ({threads} thr{tag})", lambda aug=aug: mix(aug(x, g), y, g, inplace=True))
     torch.set_num_threads(1)  # as in a DataLoader worker, where torch runs one thread per process
@@ -199,8 +234,9 @@ def bench_size(size: int, src: int, chans: int, n: int, min_time: float, use_tim
         tf, name, tmix = MiniPIL(size, mean, std), "PIL per-image", lambda a, b: mini_mixup(a, b, k)
     row(f"{name} (1 process)", lambda: tmix(torch.stack([tf(im) for im in pil]), y), 3)
     if workers > 1:
-        dl = torch.utils.data.DataLoader(_PILSet(pil, tf), batch_size=n, num_workers=workers,
-                                         persistent_workers=True, multiprocessing_context="fork")
+        dl = torch.utils.data.DataLoader(
+            _PILSet(pil, tf), batch_size=n, num_workers=workers, persistent_workers=True, multiprocessing_context="fork"
+        )
 
         def loader():
             for xb, _ in dl:
@@ -238,18 +274,28 @@ def main() -> None:
     for r in rows:
         print(f"{r['pipeline']:40s} {r['size']:>4d}px x{r['channels']} {r['img_per_s']:9.0f} {r['ratio']:6.1f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "pipeline": f"RRC+flip (bicubic), RandAugment {RA}, normalize, random erasing 0.25 pixel, "
-                    "mixup 0.8 / cutmix 1.0, label smoothing 0.1",
-        "batch": args.batch, "torch": torch.__version__, "timm": timm_version,
-        "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "loadavg_before": [round(v, 2) for v in load],
-        "loadavg_after": [round(v, 2) for v in os.getloadavg()],
-        "note": "ratio = img/s / per-image pipeline in one process (1 torch thread). With other processes busy on "
-                "the cores (see loadavg), multi-threaded rows wait for descheduled threads and drop 10-50x; compare "
-                "the 1-thread rows then.",
-        "results": [{**r, "img_per_s": round(r["img_per_s"], 1), "ratio": round(r["ratio"], 2)} for r in rows],
-    }, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "pipeline": f"RRC+flip (bicubic), RandAugment {RA}, normalize, random erasing 0.25 pixel, "
+                "mixup 0.8 / cutmix 1.0, label smoothing 0.1",
+                "batch": args.batch,
+                "torch": torch.__version__,
+                "timm": timm_version,
+                "python": platform.python_version(),
+                "cpu": platform.processor() or platform.machine(),
+                "cpu_count": os.cpu_count(),
+                "loadavg_before": [round(v, 2) for v in load],
+                "loadavg_after": [round(v, 2) for v in os.getloadavg()],
+                "note": "ratio = img/s / per-image pipeline in one process (1 torch thread). With other processes "
+                "busy on the cores (see loadavg), multi-threaded rows wait for descheduled threads and drop "
+                "10-50x; compare the 1-thread rows then.",
+                "results": [{**r, "img_per_s": round(r["img_per_s"], 1), "ratio": round(r["ratio"], 2)} for r in rows],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":
