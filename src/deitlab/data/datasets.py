@@ -166,6 +166,15 @@ DATASETS: dict[str, DatasetInfo] = {
         IMAGENET_STD,
         "root/{train,val,test}/<class>/<image>, decoded to img_size at load time",
     ),
+    "npz": DatasetInfo(
+        "npz",
+        1,
+        28,
+        None,
+        (0.5,),
+        (0.25,),
+        "your arrays: FILE.npz with x_train, y_train (x_val, y_val, x_test, y_test, classes); stats from x_train",
+    ),  # fmt: skip
     "synthetic": DatasetInfo(
         "synthetic",
         3,
@@ -483,6 +492,12 @@ def _read_synthetic(root: Path | None, *, split: str, seed: int = 0, **kw) -> Im
     return make_synthetic(split=split, seed=seed, **kw)
 
 
+def _read_npz(root: Path | None, *, split: str, **kw) -> ImageSet:
+    from deitlab.data.arrays import read_npz
+
+    return read_npz(root, split=split, **kw)
+
+
 def _read_imagefolder(root: Path | None, *, split: str, **kw) -> ImageSet:
     from deitlab.data.imagefolder import read_image_folder
 
@@ -500,6 +515,7 @@ _READERS: dict[str, tuple[Callable[..., ImageSet], tuple[str, ...]]] = {
     "cifar100": (read_cifar100, ()),
     "imagefolder": (_read_imagefolder, ("img_size", "in_chans", "bad_images", "mean", "std", "workers")),
     "synthetic": (_read_synthetic, ("num_samples", "num_classes", "img_size", "in_chans")),
+    "npz": (_read_npz, ()),
 }
 
 

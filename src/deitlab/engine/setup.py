@@ -19,6 +19,7 @@ from deitlab.distill.losses import DistillationLoss, cross_entropy
 from deitlab.distill.teacher import FrozenTeacher, load_teacher
 from deitlab.errors import ConfigError
 from deitlab.models import create_model
+from deitlab.models._checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +137,18 @@ def build_augment(cfg: Config, data: Data) -> tuple[TrainAugment, EvalAugment, M
     return train, evaluation, mix
 
 
-def build_train_loader(cfg: Config, data: Data, *, rank: int, world_size: int) -> BatchLoader:
+def build_train_loader(cfg: Config, data: Data, *, rank: int, world_size: int, mixing: bool = False) -> BatchLoader:
     if cfg.data.batch_size % world_size:
         raise ConfigError(
             f"data.batch_size={cfg.data.batch_size} (the global batch) is not divisible by the {world_size} "
             "processes; use a multiple"
         )
     per_proc = cfg.data.batch_size // world_size
+    if mixing and per_proc < 2:
+        raise ConfigError(
+            f"Mixup/CutMix mix images within a batch, but each process gets a batch of {per_proc}; raise "
+            "data.batch_size or switch mixing off (aug.mixup=0, aug.cutmix=0)"
+        )
     n = len(data.train)
     sampler = RASampler(
         n, num_replicas=world_size, rank=rank, num_repeats=cfg.data.repeated_aug, shuffle=True, seed=cfg.train.seed
@@ -165,10 +171,11 @@ def iterate(batches: list[tuple]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]
     yield from batches
 
 
-def prepare_run_dir(cfg: Config, *, is_main: bool) -> Path:
-    """Create (or reuse, for ``--resume``/``--overwrite``) the run directory and save the resolved config.
+def resolve_run_dir(cfg: Config, *, is_main: bool) -> Path:
+    """Where the run writes, checked before anything is built or written.
 
     A directory that already holds a different run is refused: resuming must be explicit and overwriting too.
+    Nothing is created here, so a run that fails to start (bad model, missing data) leaves nothing behind.
     """
     if cfg.train.resume:
         target = Path(cfg.train.resume)
@@ -187,20 +194,26 @@ def prepare_run_dir(cfg: Config, *, is_main: bool) -> Path:
                 f"output dir {run_dir} already holds a run; pass --resume {run_dir} to continue it, "
                 "--overwrite to replace it, or choose another --output-dir"
             )
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            probe = run_dir / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise ConfigError(f"cannot write to output dir {run_dir}: {e.strerror or e}") from None
+        existing = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("."))
+        if not os.access(existing, os.W_OK):
+            raise ConfigError(f"cannot write to output dir {run_dir}: {existing} is not writable")
+    return run_dir
+
+
+def create_run_dir(run_dir: Path, cfg: Config, *, is_main: bool) -> None:
+    """Create the run directory (clearing a replaced run's records) and save the resolved config."""
+    if not is_main:
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.train.overwrite and not cfg.train.resume:
-            for stale in ("log.jsonl", "summary.csv", "manifest.json", "results.json"):
+            for stale in ("log.jsonl", "summary.csv", "manifest.json", "results.json", "best.safetensors"):
                 (run_dir / stale).unlink(missing_ok=True)
             for f in (run_dir / "checkpoints").glob("ckpt-*.pt"):
                 f.unlink()
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    return run_dir
+        atomic_write_bytes(run_dir / "config.yaml", dump_yaml(cfg).encode())
+    except OSError as e:
+        raise ConfigError(f"cannot write to output dir {run_dir}: {e.strerror or e}") from None
 
 
 def steps_per_epoch_or_error(loader: BatchLoader) -> int:

@@ -108,7 +108,7 @@ def _train(cfg: Config, device: torch.device, dist_info: DistInfo) -> TrainResul
     torch.manual_seed(cfg.train.seed + dist_info.rank)
     main = "fused_softmax" if cfg.train.fusion == "softmax" else "fused"
 
-    run_dir = S.prepare_run_dir(cfg, is_main=dist_info.is_main)
+    run_dir = S.resolve_run_dir(cfg, is_main=dist_info.is_main)
     data = S.build_data(cfg)
     model = S.build_model(cfg, data).to(device)
     if cfg.model.channels_last:
@@ -116,7 +116,9 @@ def _train(cfg: Config, device: torch.device, dist_info: DistInfo) -> TrainResul
     teacher = S.build_teacher(cfg, data, device)
     train_aug, eval_aug, mixup = S.build_augment(cfg, data)
     criterion = S.build_criterion(cfg, teacher, mixing=mixup is not None)
-    loader = S.build_train_loader(cfg, data, rank=dist_info.rank, world_size=dist_info.world_size)
+    loader = S.build_train_loader(
+        cfg, data, rank=dist_info.rank, world_size=dist_info.world_size, mixing=mixup is not None
+    )
     eval_bs = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
     eval_set = S.eval_batches(data.eval, eval_bs, rank=dist_info.rank, world_size=dist_info.world_size)
     steps_per_epoch = S.steps_per_epoch_or_error(loader)
@@ -137,6 +139,7 @@ def _train(cfg: Config, device: torch.device, dist_info: DistInfo) -> TrainResul
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     aug_gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed * 7919 + dist_info.rank)
+    S.create_run_dir(run_dir, cfg, is_main=dist_info.is_main)  # only now: a run that cannot start leaves nothing
 
     # ---- state ------------------------------------------------------------------------------------------------
     epoch, step_in_epoch, global_step, nonfinite_run, best = 0, 0, 0, 0, -math.inf

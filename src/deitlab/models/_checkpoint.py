@@ -29,23 +29,33 @@ FORMAT = "deitlab"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the complete new one."""
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the complete new one.
+
+    Temp file in the same directory, flush + fsync, rename over ``path``, fsync the directory. A failed write
+    (disk full, permissions) removes the temp file and raises :class:`CheckpointError`; ``path`` is untouched.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        tmp = None
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise CheckpointError(
+            f"could not write {path}: {e.strerror or e}; any previous version of it is intact"
+        ) from None
     finally:
-        os.close(dir_fd)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def save_weights(model: nn.Module, path: str | Path, *, extra: dict[str, Any] | None = None) -> None:

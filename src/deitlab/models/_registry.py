@@ -18,6 +18,8 @@ from typing import Any
 
 from torch import nn
 
+from deitlab.errors import ConfigError
+
 Builder = Callable[..., nn.Module]
 
 
@@ -58,10 +60,10 @@ def register_model(
     return add(builder) if builder is not None else add
 
 
-def _unknown_name_error(name: str) -> ValueError:
+def _unknown_name_error(name: str) -> ConfigError:
     close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; run `deitlab models` to list them"
-    return ValueError(f"unknown model {name!r}{hint}")
+    return ConfigError(f"unknown model {name!r}{hint}")
 
 
 def get_model_entry(name: str) -> ModelEntry:
@@ -98,7 +100,9 @@ def create_model(name: str, *, checkpoint: str | Path | None = None, **overrides
         **overrides: constructor arguments, e.g. ``img_size``, ``num_classes``, ``in_chans``, ``drop_path_rate``.
 
     Raises:
-        ValueError: unknown name, unknown or invalid override, or a checkpoint that does not fit.
+        ConfigError: (a ``ValueError``) unknown name or unknown override.
+        ValueError: an override with an invalid value.
+        CheckpointError: (a ``ValueError``) a checkpoint that cannot be read or does not fit.
     """
     entry = get_model_entry(name)
     kwargs = {**entry.defaults, **overrides}
@@ -107,7 +111,7 @@ def create_model(name: str, *, checkpoint: str | Path | None = None, **overrides
     if unknown:
         hints = {k: difflib.get_close_matches(k, allowed, n=1) for k in unknown}
         parts = [f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items()]
-        raise ValueError(f"unknown argument {', '.join(parts)} for model {name!r}; allowed: {', '.join(allowed)}")
+        raise ConfigError(f"unknown argument {', '.join(parts)} for model {name!r}; allowed: {', '.join(allowed)}")
     model = entry.builder(**kwargs)
     model.model_name = name  # type: ignore[assignment]
     model.model_kwargs = dict(overrides)  # type: ignore[assignment]  # enough to rebuild: name + overrides

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deitlab.layers import DropPath, drop_path_schedule
 from deitlab.models._registry import register_model
 
 
@@ -31,15 +32,16 @@ class ConvBnRelu(nn.Sequential):
 
 
 class Residual(nn.Module):
-    """``x + f(x)`` with ``f`` two conv-BN-ReLU layers of the same width."""
+    """``x + DropPath(f(x))`` with ``f`` two conv-BN-ReLU layers of the same width."""
 
-    def __init__(self, chans: int) -> None:
+    def __init__(self, chans: int, *, drop_path: float = 0.0) -> None:
         super().__init__()
         self.conv1 = ConvBnRelu(chans, chans)
         self.conv2 = ConvBnRelu(chans, chans)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(self.conv1(x))
+        return x + self.drop_path(self.conv2(self.conv1(x)))
 
 
 class ResNet9(nn.Module):
@@ -50,7 +52,7 @@ class ResNet9(nn.Module):
         num_classes, in_chans: head outputs and input channels.
         img_size: recorded for the registry's uniform API (the network is fully convolutional, ≥ 8 px).
         drop_rate: dropout before the head.
-        drop_path_rate: accepted for a uniform API; must be 0.
+        drop_path_rate: stochastic depth of the two residual branches (the second gets the full rate).
     """
 
     def __init__(
@@ -66,15 +68,16 @@ class ResNet9(nn.Module):
         super().__init__()
         if width < 1 or in_chans < 1 or num_classes < 0:
             raise ValueError(f"width={width}, in_chans={in_chans}, num_classes={num_classes} must be positive")
-        if drop_path_rate:
-            raise ValueError(f"drop_path_rate={drop_path_rate} is not supported by ResNet-9; use 0")
         if img_size < 8:
             raise ValueError(f"img_size={img_size} is too small for ResNet-9's three poolings; use >= 8")
         self.num_classes, self.in_chans, self.img_size = num_classes, in_chans, img_size
         self.prep = ConvBnRelu(in_chans, width)
-        self.layer1 = nn.Sequential(ConvBnRelu(width, 2 * width), nn.MaxPool2d(2), Residual(2 * width))
+        dp1, dp2 = drop_path_schedule(drop_path_rate, 2)
+        self.layer1 = nn.Sequential(ConvBnRelu(width, 2 * width), nn.MaxPool2d(2), Residual(2 * width, drop_path=dp1))
         self.layer2 = nn.Sequential(ConvBnRelu(2 * width, 4 * width), nn.MaxPool2d(2))
-        self.layer3 = nn.Sequential(ConvBnRelu(4 * width, 8 * width), nn.MaxPool2d(2), Residual(8 * width))
+        self.layer3 = nn.Sequential(
+            ConvBnRelu(4 * width, 8 * width), nn.MaxPool2d(2), Residual(8 * width, drop_path=dp2)
+        )
         self.num_features = 8 * width
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
