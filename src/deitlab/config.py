@@ -381,6 +381,41 @@ def validate(cfg: Config) -> None:
         )
 
 
+def get_value(cfg: Config, key: str) -> Any:
+    section, name = key.split(".", 1)
+    return getattr(getattr(cfg, section), name)
+
+
+def changed_keys(cfg: Config, reference: Config | None = None) -> dict[str, Any]:
+    """Dotted keys whose value differs from ``reference`` (default: the defaults), with ``cfg``'s values."""
+    reference = reference or Config()
+    return {k: get_value(cfg, k) for k in all_keys(cfg) if get_value(cfg, k) != get_value(reference, k)}
+
+
+# What may change when a run is resumed without breaking its exactness (the rest comes from the checkpoint).
+RESUMABLE_KEYS = frozenset({
+    "train.resume", "train.epochs", "train.progress", "train.checkpoint_every_steps", "train.keep_last",
+    "train.threads", "train.device", "train.eval_every", "train.max_nonfinite", "data.path", "teacher.path",
+})  # fmt: skip
+
+
+def resume_config(saved: Config, requested: Config) -> Config:
+    """The saved run's config, with what the resume command set explicitly (only :data:`RESUMABLE_KEYS`)."""
+    changes = changed_keys(requested)
+    refused = {k: v for k, v in changes.items() if k not in RESUMABLE_KEYS and get_value(saved, k) != v}
+    if refused:
+        k, v = next(iter(refused.items()))
+        raise ConfigError(
+            f"cannot change {k} (to {v!r}, was {get_value(saved, k)!r}) when resuming; only "
+            f"{', '.join(sorted(RESUMABLE_KEYS))} may change. Start a new run to change it."
+        )
+    for k, v in changes.items():
+        section, name = k.split(".", 1)
+        setattr(getattr(saved, section), name, v)
+    validate(saved)
+    return saved
+
+
 def dump_yaml(cfg: Config) -> str:
     """The resolved config as YAML (tuples as lists), saved beside every run."""
 

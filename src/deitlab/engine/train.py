@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from deitlab.config import Config, config_from_dict
+from deitlab.config import Config, config_from_dict, resume_config
 from deitlab.engine import setup as S
 from deitlab.engine.checkpoint import load_resume, save_resume
 from deitlab.engine.distributed import DistInfo, barrier, broadcast_flag, cleanup, init_distributed
@@ -99,9 +99,7 @@ def _train(cfg: Config, device: torch.device, dist_info: DistInfo) -> TrainResul
     resume_state = None
     if cfg.train.resume:
         resume_state, _ = load_resume(cfg.train.resume)
-        saved = config_from_dict(resume_state["config"])
-        saved.train.resume, saved.train.epochs = cfg.train.resume, cfg.train.epochs  # may extend a run
-        cfg = saved
+        cfg = resume_config(config_from_dict(resume_state["config"]), cfg)  # may extend a run (train.epochs)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
@@ -216,6 +214,8 @@ def _train(cfg: Config, device: torch.device, dist_info: DistInfo) -> TrainResul
                         "step %d: non-finite loss or gradient, step skipped (%d in a row)", global_step, nonfinite_run
                     )
                     if nonfinite_run >= cfg.train.max_nonfinite:
+                        optimizer.zero_grad(set_to_none=True)
+                        checkpoint(epoch, step_in_epoch)  # the last good state: skipped steps changed nothing
                         raise TrainingDiverged(
                             f"training diverged at step {global_step} (epoch {epoch + 1}): {nonfinite_run} non-finite "
                             "steps in a row. Likely causes: learning rate too high, NaN/Inf in the data, fp16 "
