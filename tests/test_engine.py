@@ -133,3 +133,28 @@ def test_refuses_to_overwrite_another_run(tmp_path: Path) -> None:
 def test_batch_larger_than_dataset_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fewer than one batch"):
         train(_cfg(tmp_path, "data.batch_size=512", "data.repeated_aug=3"))
+
+
+def test_streaming_imagefolder_trains_like_the_in_memory_path(tmp_path: Path) -> None:
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val", "test"):
+        for c, color in (("cat", (200, 40, 40)), ("dog", (40, 40, 200))):
+            d = tmp_path / "imgs" / split / c
+            d.mkdir(parents=True)
+            for i in range(12):
+                noise = (torch.rand(24, 24, 3, generator=g) * 60).to(torch.uint8).numpy()
+                Image.fromarray(noise + torch.tensor(color, dtype=torch.uint8).numpy()).save(d / f"{i}.png")
+    common = [
+        "model.name=deit_micro_patch4_28", "data.dataset=imagefolder", f"data.path={tmp_path / 'imgs'}",
+        "model.img_size=16", "data.batch_size=8", "train.epochs=2", "aug.mixup=0", "aug.cutmix=0",
+        "optim.lr=3e-3", "optim.scale_lr=false", *[o for o in FAST if o != "data.test_at_end=false"],
+    ]  # fmt: skip
+    streamed = train(build_config(overrides=[*common, "data.stream=true", "data.workers=0",
+                                             f"train.output_dir={tmp_path / 's'}"]))  # fmt: skip
+    memory = train(build_config(overrides=[*common, f"train.output_dir={tmp_path / 'm'}"]))
+    assert streamed.final["test_acc"] == memory.final["test_acc"]
+    a = read_checkpoint(tmp_path / "s" / "model.safetensors")[0]
+    b = read_checkpoint(tmp_path / "m" / "model.safetensors")[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same decoded pixels, same order, same updates

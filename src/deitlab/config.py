@@ -55,6 +55,9 @@ class DataConfig:
     val_fraction: float | None = None
     repeated_aug: int = 1  # DeiT: 3 (helps large batches, hurts small ones)
     bad_images: str = "error"  # error | skip (ImageFolder)
+    stream: bool = False  # ImageFolder too large for memory: decode per batch in DataLoader workers
+    workers: int = 4  # DataLoader workers when streaming
+    pad: int = 0  # zero-pad every image by this many pixels per side at load time (28 -> 32 px with pad=2)
     limit_train: int | None = None  # use only the first N training images (quick runs)
     limit_eval: int | None = None
     eval_split: str = "val"  # val | test: what the per-epoch evaluation reads
@@ -344,6 +347,8 @@ def validate(cfg: Config) -> None:
         ("optim.min_lr", cfg.optim.min_lr, cfg.optim.min_lr >= 0, ">= 0"),
         ("distill.alpha", cfg.distill.alpha, 0 <= cfg.distill.alpha <= 1, "in [0, 1]"),
         ("distill.tau", cfg.distill.tau, cfg.distill.tau > 0, "> 0"),
+        ("data.pad", cfg.data.pad, cfg.data.pad >= 0, ">= 0"),
+        ("data.workers", cfg.data.workers, cfg.data.workers >= 0, ">= 0"),
         ("data.repeated_aug", cfg.data.repeated_aug, cfg.data.repeated_aug >= 1, ">= 1 (1 = off, DeiT: 3)"),
         ("aug.label_smoothing", cfg.aug.label_smoothing, 0 <= cfg.aug.label_smoothing < 1, "in [0, 1)"),
         ("aug.re_prob", cfg.aug.re_prob, 0 <= cfg.aug.re_prob <= 1, "in [0, 1]"),

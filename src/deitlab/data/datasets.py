@@ -306,7 +306,7 @@ def _read_mnist_like(
         images, labels = _train_val(images, labels, split, val_fraction, seed, name)
     info = DATASETS[name]
     return ImageSet(
-        torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1),
+        torch.from_numpy(np.array(images, copy=True)).unsqueeze(1),
         torch.from_numpy(labels.astype(np.int64)),
         classes,
         info.mean,
@@ -405,7 +405,7 @@ def _read_cifar(name: str, root: Path | None, split: str, val_fraction: float, s
         images, labels = _train_val(images, labels, split, val_fraction, seed, name)
     info = DATASETS[name]
     return ImageSet(
-        torch.from_numpy(np.ascontiguousarray(images)),
+        torch.from_numpy(np.array(images, copy=True)),
         torch.from_numpy(labels),
         classes,
         info.mean,
@@ -441,7 +441,7 @@ def read_digits(root: Path | None, *, split: str, val_fraction: float = 0.1, see
         images, labels = _train_val(images[rest], labels[rest], split, val_fraction, seed, "digits")
     info = DATASETS["digits"]
     return ImageSet(
-        torch.from_numpy(np.ascontiguousarray(images)),
+        torch.from_numpy(np.array(images, copy=True)),
         torch.from_numpy(labels),
         [str(i) for i in range(10)],
         info.mean,

@@ -178,6 +178,7 @@ class ImageFolderStream(torch.utils.data.Dataset):
         self.img_size, self.in_chans, self.bad_images = int(img_size), in_chans, bad_images
         self.labels = torch.tensor([lbl for _, lbl in self.samples], dtype=torch.int64)
         self.skipped: list[str] = []
+        self.name = f"imagefolder/{split}"
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -202,5 +203,5 @@ class ImageFolderStream(torch.utils.data.Dataset):
                     self.skipped.append(path)
                     logger.warning("imagefolder: skipping unreadable image %s (%s)", path, e)
                 continue
-            return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), label
+            return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).contiguous(), label
         raise DataError(f"image folder stream: none of its {n} images could be decoded")

@@ -80,3 +80,57 @@ class BatchLoader:
                 x = x.to(self.device, non_blocking=self.pin_memory)
                 y = y.to(self.device, non_blocking=self.pin_memory)
             yield x, y
+
+
+class StreamLoader:
+    """The :class:`BatchLoader` interface over a decoding ``Dataset`` (e.g. ``ImageFolderStream``) too large for
+    memory: the sampler's epoch order is cut into batches and a ``DataLoader`` with ``workers`` processes decodes
+    them. Batches are uint8 ``(B, C, H, W)`` like the in-memory path, so augmentation stays batched on the device.
+    """
+
+    def __init__(
+        self,
+        dataset: torch.utils.data.Dataset,
+        *,
+        batch_size: int,
+        sampler: RASampler,
+        drop_last: bool,
+        workers: int = 4,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        if workers < 0:
+            raise ConfigError(f"workers={workers} must be >= 0")
+        self.dataset, self.batch_size, self.sampler, self.drop_last = dataset, int(batch_size), sampler, drop_last
+        self.workers = workers
+        self._start = 0
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def skip(self, n_batches: int) -> None:
+        if not 0 <= n_batches <= len(self):
+            raise ConfigError(f"cannot skip {n_batches} batches of an epoch that has {len(self)}")
+        self._start = int(n_batches)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.sampler.epoch_indices().tolist()
+        start, self._start = self._start, 0
+        batches = [order[b * self.batch_size : (b + 1) * self.batch_size] for b in range(start, len(self))]
+        if not batches:
+            return
+        yield from torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=batches, num_workers=self.workers, persistent_workers=False
+        )
+
+
+def sequential_batches(dataset: torch.utils.data.Dataset, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                       workers: int = 4) -> torch.utils.data.DataLoader:  # fmt: skip
+    """Evaluation batches of a decoding ``Dataset``: the unpadded shard ``rank::world_size``, in order."""
+    shard = list(range(rank, len(dataset), world_size))
+    batches = [shard[i : i + batch_size] for i in range(0, len(shard), batch_size)]
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers)

@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,17 @@ import torch
 from torch import nn
 
 from deitlab.config import Config, dump_yaml
-from deitlab.data import BatchLoader, EvalAugment, ImageSet, Mixup, RASampler, TrainAugment, load_dataset
+from deitlab.data import (
+    BatchLoader,
+    EvalAugment,
+    ImageFolderStream,
+    ImageSet,
+    Mixup,
+    RASampler,
+    TrainAugment,
+    load_dataset,
+)
+from deitlab.data.loader import StreamLoader, sequential_batches
 from deitlab.distill.losses import DistillationLoss, cross_entropy
 from deitlab.distill.teacher import FrozenTeacher, load_teacher
 from deitlab.errors import ConfigError
@@ -42,21 +52,39 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 @dataclass
 class Data:
-    train: ImageSet
-    eval: ImageSet
-    test: ImageSet | None
+    train: ImageSet | ImageFolderStream
+    eval: ImageSet | ImageFolderStream
+    test: ImageSet | ImageFolderStream | None
     img_size: int
+
+
+def _stream(cfg: Config, split: str) -> ImageFolderStream:
+    if cfg.data.dataset != "imagefolder" or not cfg.data.path:
+        raise ConfigError("data.stream only applies to data.dataset=imagefolder with a data.path")
+    if cfg.data.limit_train or cfg.data.limit_eval or cfg.data.pad:
+        raise ConfigError("data.limit_train/limit_eval/pad work on in-memory data sets, not with data.stream")
+    return ImageFolderStream(
+        cfg.data.path, split=split, img_size=cfg.model.img_size or 224, bad_images=cfg.data.bad_images
+    )
 
 
 def _read(cfg: Config, split: str, img_size: int | None) -> ImageSet:
     kw: dict = {}
     if cfg.data.dataset == "imagefolder":
         kw = dict(bad_images=cfg.data.bad_images, img_size=img_size or 224)
-    return load_dataset(cfg.data.dataset, split=split, root=cfg.data.path, val_fraction=cfg.data.val_fraction, **kw)
+    data = load_dataset(cfg.data.dataset, split=split, root=cfg.data.path, val_fraction=cfg.data.val_fraction, **kw)
+    if cfg.data.pad:
+        p = cfg.data.pad
+        data.images = torch.nn.functional.pad(data.images, (p, p, p, p))  # uint8 zeros: the background of MNISTs
+    return data
 
 
 def build_data(cfg: Config) -> Data:
-    """Read the train, evaluation and (optionally) test splits into memory."""
+    """Read the train, evaluation and (optionally) test splits into memory (or open them as streams)."""
+    if cfg.data.stream:
+        train, evalset = _stream(cfg, "train"), _stream(cfg, cfg.data.eval_split)
+        test = _stream(cfg, "test") if cfg.data.test_at_end and cfg.data.eval_split != "test" else None
+        return Data(train, evalset, test, int(train.img_size))
     train = _read(cfg, "train", cfg.model.img_size)
     if cfg.data.limit_train:
         train = train.subset(range(min(cfg.data.limit_train, len(train))))
@@ -158,17 +186,19 @@ def build_train_loader(cfg: Config, data: Data, *, rank: int, world_size: int, m
             f"{data.train.name} gives {len(sampler)} images per process per epoch, fewer than one batch of "
             f"{per_proc}; lower data.batch_size (--batch-size) to at most {len(sampler) * world_size}"
         )
+    if isinstance(data.train, ImageFolderStream):
+        return StreamLoader(data.train, batch_size=per_proc, sampler=sampler, drop_last=True, workers=cfg.data.workers)
     return BatchLoader(data.train, batch_size=per_proc, sampler=sampler, drop_last=True)
 
 
-def eval_batches(dataset: ImageSet, batch_size: int, *, rank: int = 0, world_size: int = 1) -> list[tuple]:
+def eval_batches(
+    dataset: ImageSet | ImageFolderStream, batch_size: int, *, rank: int = 0, world_size: int = 1, workers: int = 4
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """Sequential, unpadded shard ``rank::world_size`` of an evaluation set, as (uint8 images, labels) batches."""
+    if isinstance(dataset, ImageFolderStream):
+        return sequential_batches(dataset, batch_size, rank=rank, world_size=world_size, workers=workers)
     idx = torch.arange(rank, len(dataset), world_size)
     return [(dataset.images[i], dataset.labels[i]) for i in idx.split(batch_size)]
-
-
-def iterate(batches: list[tuple]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    yield from batches
 
 
 def resolve_run_dir(cfg: Config, *, is_main: bool) -> Path:

@@ -118,7 +118,9 @@ def _train(cfg: Config, device: torch.device, dist_info: DistInfo) -> TrainResul
         cfg, data, rank=dist_info.rank, world_size=dist_info.world_size, mixing=mixup is not None
     )
     eval_bs = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
-    eval_set = S.eval_batches(data.eval, eval_bs, rank=dist_info.rank, world_size=dist_info.world_size)
+    eval_set = S.eval_batches(
+        data.eval, eval_bs, rank=dist_info.rank, world_size=dist_info.world_size, workers=cfg.data.workers
+    )
     steps_per_epoch = S.steps_per_epoch_or_error(loader)
     total_steps = cfg.train.epochs * steps_per_epoch
     base_lr = scaled_lr(cfg.optim.lr, cfg.data.batch_size) if cfg.optim.scale_lr else cfg.optim.lr
@@ -174,7 +176,7 @@ def _train(cfg: Config, device: torch.device, dist_info: DistInfo) -> TrainResul
     teacher_preds = None
     if teacher is not None:
         counts, teacher_preds = evaluate(
-            teacher, S.iterate(eval_set), eval_aug, num_classes=data.train.num_classes, device=device,
+            teacher, eval_set, eval_aug, num_classes=data.train.num_classes, device=device,
             precision=cfg.train.precision,
         )  # fmt: skip
         teacher_metrics = summarize(counts, "teacher_")
@@ -264,13 +266,13 @@ def _train(cfg: Config, device: torch.device, dist_info: DistInfo) -> TrainResul
             }  # fmt: skip
             if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
                 counts, _ = evaluate(
-                    model, S.iterate(eval_set), eval_aug, num_classes=data.train.num_classes, device=device,
+                    model, eval_set, eval_aug, num_classes=data.train.num_classes, device=device,
                     precision=cfg.train.precision, main=main, reference=teacher_preds,
                 )  # fmt: skip
                 metrics = summarize(counts, main=main, agreement=teacher_preds is not None)
                 if ema is not None:
                     ema_counts, _ = evaluate(
-                        ema.module, S.iterate(eval_set), eval_aug, num_classes=data.train.num_classes,
+                        ema.module, eval_set, eval_aug, num_classes=data.train.num_classes,
                         device=device, precision=cfg.train.precision, main=main,
                     )  # fmt: skip
                     metrics.update(summarize(ema_counts, "ema_", main=main))
@@ -299,14 +301,16 @@ def _train(cfg: Config, device: torch.device, dist_info: DistInfo) -> TrainResul
     final = dict(last_eval[1]) if last_eval else {}
     confusion = last_eval[0].confusion if last_eval else None
     if data.test is not None and not stopped:
-        test_set = S.eval_batches(data.test, eval_bs, rank=dist_info.rank, world_size=dist_info.world_size)
+        test_set = S.eval_batches(
+            data.test, eval_bs, rank=dist_info.rank, world_size=dist_info.world_size, workers=cfg.data.workers
+        )
         test_ref = None
         if teacher is not None:
-            t_counts, test_ref = evaluate(teacher, S.iterate(test_set), eval_aug, num_classes=data.train.num_classes,
+            t_counts, test_ref = evaluate(teacher, test_set, eval_aug, num_classes=data.train.num_classes,
                                           device=device, precision=cfg.train.precision)  # fmt: skip
             teacher_metrics.update(summarize(t_counts, "teacher_test_"))
         counts, _ = evaluate(
-            model, S.iterate(test_set), eval_aug, num_classes=data.train.num_classes, device=device,
+            model, test_set, eval_aug, num_classes=data.train.num_classes, device=device,
             precision=cfg.train.precision, main=main, reference=test_ref,
         )  # fmt: skip
         final.update(summarize(counts, "test_", main=main, agreement=test_ref is not None))
