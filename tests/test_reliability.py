@@ -100,9 +100,9 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path: Path, reference: dict[s
 
 
 def _cfg(tmp: Path, *extra: str):
-    over = [a.replace("--set ", "") for a in []]
-    keys = dict(zip(ARGS[::2], ARGS[1::2]))
-    over = [f"model.name={keys['--model']}", "data.dataset=synthetic", "data.batch_size=32", "train.epochs=1"]
+    """The subprocess runs' settings as an in-process config (one epoch)."""
+    flags = dict(zip(ARGS[::2], ARGS[1::2]))
+    over = [f"model.name={flags['--model']}", "data.dataset=synthetic", "data.batch_size=32", "train.epochs=1"]
     over += [v for k, v in zip(ARGS[::2], ARGS[1::2]) if k == "--set"]
     return build_config(overrides=[*over, f"train.output_dir={tmp}", *extra])
 
