@@ -17,7 +17,42 @@ from deitlab.data.samplers import RASampler
 from deitlab.errors import ConfigError
 
 
-class BatchLoader:
+class _EpochBatches:
+    """The sampler's epoch order cut into batches, with ``set_epoch``/``skip`` for exact mid-epoch resume."""
+
+    def __init__(self, dataset, *, batch_size: int, sampler: RASampler, drop_last: bool) -> None:  # noqa: ANN001
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size} must be >= 1")
+        if sampler.num_samples != len(dataset):
+            name = getattr(dataset, "name", type(dataset).__name__)
+            raise ConfigError(
+                f"sampler covers {sampler.num_samples} samples but {name} has {len(dataset)}; build the "
+                "sampler with num_samples=len(dataset)"
+            )
+        self.dataset, self.batch_size, self.sampler, self.drop_last = dataset, int(batch_size), sampler, drop_last
+        self._start = 0
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def skip(self, n_batches: int) -> None:
+        """Start the next iteration at batch ``n_batches`` (0 <= n_batches <= len(self))."""
+        if not 0 <= n_batches <= len(self):
+            raise ConfigError(f"cannot skip {n_batches} batches of an epoch that has {len(self)}")
+        self._start = int(n_batches)
+
+    def _batches(self) -> list[torch.Tensor]:
+        """This epoch's remaining batches of indices; later iterations start at batch 0 again."""
+        order = self.sampler.epoch_indices()
+        start, self._start = self._start, 0
+        return [order[b * self.batch_size : (b + 1) * self.batch_size] for b in range(start, len(self))]
+
+
+class BatchLoader(_EpochBatches):
     """Yield ``(uint8 images (B, C, H, W), int64 labels (B,))`` in the sampler's order.
 
     Args:
@@ -42,37 +77,13 @@ class BatchLoader:
         device: torch.device | str | None = None,
         pin_memory: bool = False,
     ) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size} must be >= 1")
-        if sampler.num_samples != len(dataset):
-            raise ConfigError(
-                f"sampler covers {sampler.num_samples} samples but {dataset.name} has {len(dataset)}; build the "
-                "sampler with num_samples=len(dataset)"
-            )
-        self.dataset, self.batch_size, self.sampler, self.drop_last = dataset, int(batch_size), sampler, drop_last
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
         self.device = None if device is None else torch.device(device)
         self.pin_memory = pin_memory
-        self._start = 0
-
-    def __len__(self) -> int:
-        n = len(self.sampler)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def skip(self, n_batches: int) -> None:
-        """Start the next iteration at batch ``n_batches`` (0 <= n_batches <= len(self))."""
-        if not 0 <= n_batches <= len(self):
-            raise ConfigError(f"cannot skip {n_batches} batches of an epoch that has {len(self)}")
-        self._start = int(n_batches)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.sampler.epoch_indices()
-        start, self._start = self._start, 0
         images, labels = self.dataset.images, self.dataset.labels
-        for b in range(start, len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+        for idx in self._batches():
             x, y = images[idx], labels[idx]
             if self.device is not None:
                 if self.pin_memory and self.device.type == "cuda":
@@ -82,7 +93,7 @@ class BatchLoader:
             yield x, y
 
 
-class StreamLoader:
+class StreamLoader(_EpochBatches):
     """The :class:`BatchLoader` interface over a decoding ``Dataset`` (e.g. ``ImageFolderStream``) too large for
     memory: the sampler's epoch order is cut into batches and a ``DataLoader`` with ``workers`` processes decodes
     them. Batches are uint8 ``(B, C, H, W)`` like the in-memory path, so augmentation stays batched on the device.
@@ -97,35 +108,15 @@ class StreamLoader:
         drop_last: bool,
         workers: int = 4,
     ) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch_size={batch_size} must be >= 1")
         if workers < 0:
             raise ConfigError(f"workers={workers} must be >= 0")
-        self.dataset, self.batch_size, self.sampler, self.drop_last = dataset, int(batch_size), sampler, drop_last
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
         self.workers = workers
-        self._start = 0
-
-    def __len__(self) -> int:
-        n = len(self.sampler)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def skip(self, n_batches: int) -> None:
-        if not 0 <= n_batches <= len(self):
-            raise ConfigError(f"cannot skip {n_batches} batches of an epoch that has {len(self)}")
-        self._start = int(n_batches)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.sampler.epoch_indices().tolist()
-        start, self._start = self._start, 0
-        batches = [order[b * self.batch_size : (b + 1) * self.batch_size] for b in range(start, len(self))]
-        if not batches:
-            return
-        yield from torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=batches, num_workers=self.workers, persistent_workers=False
-        )
+        batches = [b.tolist() for b in self._batches()]
+        if batches:
+            yield from torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers)
 
 
 def sequential_batches(dataset: torch.utils.data.Dataset, batch_size: int, *, rank: int = 0, world_size: int = 1,
