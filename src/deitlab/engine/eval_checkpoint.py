@@ -63,6 +63,9 @@ def evaluate_checkpoint(
         raise ConfigError("which data set? pass --data-set")
     data_path = data_path or (cfg.data.path if cfg and dataset == cfg.data.dataset else None)
     data = load_dataset(dataset, split=split, root=data_path)
+    pad = cfg.data.pad if cfg and dataset == cfg.data.dataset else 0
+    if pad:  # evaluate the way the run saw its data (e.g. Fashion-MNIST zero-padded to 32 px)
+        data.images = torch.nn.functional.pad(data.images, (pad, pad, pad, pad))
     if "num_classes" in kwargs and kwargs["num_classes"] != data.num_classes:
         raise ConfigError(f"{weights} predicts {kwargs['num_classes']} classes but {data.name} has {data.num_classes}")
     model = create_model(name, checkpoint=weights, **kwargs)

@@ -7,6 +7,7 @@ Every choice (distillation type, precision, Mixup, EMA, ...) is made when the ob
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -28,8 +29,8 @@ from deitlab.engine.ema import ModelEma
 from deitlab.engine.evaluate import EvalCounts, autocast, evaluate, summarize
 from deitlab.engine.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from deitlab.engine.runlog import RunLog
-from deitlab.errors import ConfigError, DeitlabError
-from deitlab.models._checkpoint import save_weights
+from deitlab.errors import DeitlabError
+from deitlab.models._checkpoint import atomic_write_bytes, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -321,15 +322,11 @@ def _train(cfg: Config, device: torch.device, dist_info: DistInfo) -> TrainResul
         train_seconds=train_time, stopped_early=stopped,
     )  # fmt: skip
     if dist_info.is_main and not stopped:
-        import json
-
         payload = {"final": final, "teacher": teacher_metrics, "img_per_s": result.images_per_second,
                    "train_seconds": train_time, "classes": result.classes,
                    "confusion": confusion.tolist() if confusion is not None else None}  # fmt: skip
-        from deitlab.models._checkpoint import atomic_write_bytes
-
         atomic_write_bytes(run_dir / "results.json", json.dumps(payload, indent=1).encode())
     return result
 
 
-__all__ = ["ConfigError", "TrainResult", "TrainingDiverged", "train"]
+__all__ = ["TrainResult", "TrainingDiverged", "train"]
