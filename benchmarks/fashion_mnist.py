@@ -9,7 +9,7 @@ and records test top-1 (per head for the distilled one), teacher agreement, wall
 
     python benchmarks/fashion_mnist.py                 # full protocol, ~28 min on 2 cores
     python benchmarks/fashion_mnist.py --epochs 1      # a quick pass
-Writes benchmarks/results/fashion_mnist.json and prints a Markdown table.
+Writes benchmarks/results/fashion_mnist.json and .png (curves) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from deitlab.analysis.plots import plot_curves
 from deitlab.config import build_config, load_yaml
 from deitlab.engine import train
 
@@ -63,11 +64,13 @@ def main() -> None:
         "hard+token": [f"model.name={distilled}", "distill.type=hard", f"teacher.path={weights}"],
     }
     rows = [teacher_row]
+    histories = {f"teacher {teacher_cfg.model.name}": teacher.history}
     for name, over in variants.items():
         extra = [f"train.epochs={args.epochs}"] if args.epochs else []
         cfg = build_config(base=student_base, overrides=common + over + extra + [f"train.output_dir={out / name}"])
         t0 = time.perf_counter()
         r = train(cfg)
+        histories[name] = r.history
         f = r.final
         rows.append({
             "run": name, "model": cfg.model.name, "test_acc": f["test_acc"],
@@ -79,6 +82,7 @@ def main() -> None:
     payload = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "rows": rows}  # fmt: skip
     (RESULTS / "fashion_mnist.json").write_text(json.dumps(payload, indent=1))
+    plot_curves(histories, RESULTS / "fashion_mnist.png", title="Fashion-MNIST: distillation at one budget")
     print("| run | model | test top-1 | class head | dist head | fused (softmax) | agreement | img/s | wall |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
