@@ -16,6 +16,7 @@ import torch  # noqa: E402
 def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, *, title: str = "") -> Path:
     """Training loss and evaluation accuracy per epoch, one line per run (``{label: history rows}``)."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    teacher_drawn = False
     for label, rows in runs.items():
         epochs = [r["epoch"] + 1 for r in rows]
         ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label=label)
@@ -26,9 +27,10 @@ def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Pat
                     name = label if key == "acc" else f"{label} ({key.split('_')[1]} head)"
                     ax_acc.plot(*zip(*pts), style, marker="o" if key == "acc" else None, label=name)
         teacher = next((r["teacher_acc"] for r in rows if "teacher_acc" in r), None)
-        if teacher is not None:
+        if teacher is not None and not teacher_drawn:  # the same frozen teacher for every run: one line
+            teacher_drawn = True
             ax_acc.axhline(teacher, color="grey", lw=1, ls="-.", label=f"teacher ({teacher:.1f}%)")
-    ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss (each run's own objective)")
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="evaluation accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
