@@ -27,7 +27,7 @@ from deitlab.errors import CheckpointError
 from deitlab.models._checkpoint import read_checkpoint
 
 ARGS = [
-    "--model", "deit_micro_distilled_patch4_28", "--data-set", "synthetic", "--batch-size", "32", "--epochs", "6",
+    "--model", "deit_micro_distilled_patch4_28", "--data-set", "synthetic", "--batch-size", "32", "--epochs", "30",
     "--set", "data.limit_train=512", "--set", "data.limit_eval=64", "--set", "data.test_at_end=false",
     "--set", "model.kwargs.depth=2", "--set", "model.kwargs.embed_dim=48", "--set", "model.kwargs.num_heads=2",
     "--set", "train.checkpoint_every_steps=1", "--set", "train.keep_last=3", "--set", "train.progress=false",
@@ -39,6 +39,14 @@ ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 def run(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "deitlab", "train", *args], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _latest_step(run_dir: Path) -> int:
+    try:
+        entries = read_manifest(run_dir)
+    except CheckpointError:
+        return -1
+    return entries[-1].step if entries else -1
 
 
 def verify(run_dir: Path) -> tuple[int, int]:
@@ -66,22 +74,30 @@ def main() -> None:
     t0 = time.perf_counter()
     ref = run([*ARGS, "--output-dir", str(work / "reference")])
     assert ref.wait() == 0, ref.stderr.read()
-    ref_seconds = time.perf_counter() - t0
+    ref_seconds = time.perf_counter() - t0  # reported: how long the same run takes without kills
     target = work / "killed"
     proc = run([*ARGS, "--output-dir", str(target)])
     kills = restarts = listed = unreadable = 0
+    kill_steps: list[int] = []
+    steps_done = 0
     while kills < args.kills:
-        time.sleep(rng.uniform(0.3, max(0.5, ref_seconds / 4)))
-        if proc.poll() is not None:  # finished or failed before we struck: start again from what is there
+        # Strike only once this process is training (its first new checkpoint exists), then anywhere within 0.6 s:
+        # mid-step, mid-write, mid-evaluation.
+        while proc.poll() is None and _latest_step(target) <= steps_done:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.6))
+        if proc.poll() is not None:  # the run finished before we struck
             if proc.returncode != 0:
                 raise SystemExit(f"run failed: {proc.stderr.read()[-2000:]}")
             break
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
+        kill_steps.append(_latest_step(target))
         n, bad = verify(target)
         listed += n
         unreadable += bad
+        steps_done = _latest_step(target)
         has_ckpt = (target / "manifest.json").exists()
         proc = run(["--resume", str(target)] if has_ckpt else [*ARGS, "--output-dir", str(target), "--overwrite"])
         restarts += 1
@@ -90,8 +106,10 @@ def main() -> None:
     a = read_checkpoint(work / "reference" / "model.safetensors")[0]
     b = read_checkpoint(target / "model.safetensors")[0]
     identical = all(torch.equal(a[k], b[k]) for k in a)
-    summary = {"kills": kills, "restarts": restarts, "checkpoints_verified": listed, "unreadable": unreadable,
-               "final_weights_identical": identical, "seconds": time.perf_counter() - t0}  # fmt: skip
+    summary = {"kills": kills, "restarts": restarts, "steps_at_kills": kill_steps, "checkpoints_verified": listed,
+               "unreadable": unreadable,
+               "final_weights_identical": identical, "reference_seconds": ref_seconds,
+               "seconds": time.perf_counter() - t0}  # fmt: skip
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "kill_trials.json").write_text(json.dumps(summary, indent=1))

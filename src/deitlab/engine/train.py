@@ -186,6 +186,7 @@ def _train(cfg: Config, device: torch.device, dist_info: DistInfo) -> TrainResul
     # ---- loop ---------------------------------------------------------------------------------------------------
     show = cfg.train.progress and dist_info.is_main and sys.stderr.isatty()
     last_eval: tuple[EvalCounts, dict[str, float]] | None = None
+    lr = lr_at(global_step, **schedule)  # defined even when a resumed epoch has no steps left (killed in its eval)
     images_seen, train_time = 0, 0.0
     stopped = False
     with _StopRequest() as stop:
