@@ -27,7 +27,7 @@ from deitlab.errors import CheckpointError
 from deitlab.models._checkpoint import read_checkpoint
 
 ARGS = [
-    "--model", "deit_micro_distilled_patch4_28", "--data-set", "synthetic", "--batch-size", "32", "--epochs", "30",
+    "--model", "deit_micro_distilled_patch4_28", "--data-set", "synthetic", "--batch-size", "32", "--epochs", "40",
     "--set", "data.limit_train=512", "--set", "data.limit_eval=64", "--set", "data.test_at_end=false",
     "--set", "model.kwargs.depth=2", "--set", "model.kwargs.embed_dim=48", "--set", "model.kwargs.num_heads=2",
     "--set", "train.checkpoint_every_steps=1", "--set", "train.keep_last=3", "--set", "train.progress=false",
