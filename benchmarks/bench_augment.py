@@ -37,6 +37,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from deitlab.data import Mixup, TrainAugment
+from deitlab.data.randaugment import RAND_TRANSFORMS
 
 RA = "rand-m9-mstd0.5-inc1"
 RESULTS = Path(__file__).parent / "results" / "bench_augment.json"
@@ -95,23 +96,7 @@ def timm_transform(size: int, mean, std):
 class MiniPIL:
     """A compact per-image PIL version of the pipeline, used when timm is not installed."""
 
-    OPS = (
-        "AutoContrast",
-        "Equalize",
-        "Invert",
-        "Rotate",
-        "Posterize",
-        "Solarize",
-        "SolarizeAdd",
-        "Color",
-        "Contrast",
-        "Brightness",
-        "Sharpness",
-        "ShearX",
-        "ShearY",
-        "TranslateX",
-        "TranslateY",
-    )
+    OPS = tuple(op.removesuffix("Rel") for op in RAND_TRANSFORMS)  # TranslateXRel -> TranslateX (pixels here)
 
     def __init__(self, size: int, mean, std):
         self.size, self.mean, self.std = size, np.array(mean, np.float32), np.array(std, np.float32)
