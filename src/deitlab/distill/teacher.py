@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deitlab.errors import ConfigError
+from deitlab.errors import CheckpointError, ConfigError
 from deitlab.models import create_model, list_models
 from deitlab.models._checkpoint import read_checkpoint
 from deitlab.models.vit import DistilledLogits
@@ -76,22 +76,30 @@ class FrozenTeacher:
 
 
 def _from_foreign(name: str, path: str | Path | None, num_classes: int) -> nn.Module:
+    """A timm or torchvision classifier; its weights are read by deitlab (never by pickle-capable loaders)."""
     lib, _, arch = name.partition(":")
     try:
         if lib == "timm":
             import timm  # optional extra
 
-            return timm.create_model(arch, pretrained=False, num_classes=num_classes, checkpoint_path=str(path or ""))
-        import torchvision  # optional extra
+            model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+        else:
+            import torchvision  # optional extra
 
-        model = torchvision.models.get_model(arch, num_classes=num_classes)
+            model = torchvision.models.get_model(arch, num_classes=num_classes)
     except ImportError as e:
         raise ConfigError(
             f"teacher {name!r} needs the optional package {lib!r} (pip install 'deitlab[timm]'): {e}"
         ) from None
-    if path is not None:
-        state, _ = read_checkpoint(path)
+    except (RuntimeError, ValueError) as e:  # unknown architecture name
+        raise ConfigError(f"teacher {name!r}: {str(e).splitlines()[0]}") from None
+    if path is None:
+        raise ConfigError(f"teacher {name!r} has no weights: pass --teacher-path (a checkpoint trained on this data)")
+    state, _ = read_checkpoint(path)
+    try:
         model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"teacher {name} cannot load {path}: {str(e).splitlines()[0]}") from None
     return model
 
 
