@@ -21,7 +21,9 @@ venv: $(VENV)/.installed
 data:
 	@if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then \
 		echo "installing Debian's dataset-fashion-mnist (Fashion-MNIST idx files)"; \
-		(apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || sudo -n apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) \
+		(apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+			|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) \
+			|| sudo -n apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) \
 			|| echo "could not install dataset-fashion-mnist; the demo falls back to scikit-learn's digits"; \
 	fi
 
