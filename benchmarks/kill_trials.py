@@ -24,7 +24,7 @@ import torch
 
 from deitlab.engine.checkpoint import CKPT_DIR, _load_verified, read_manifest
 from deitlab.errors import CheckpointError
-from deitlab.models._checkpoint import read_checkpoint
+from deitlab.io import read_checkpoint
 
 ARGS = [
     "--model", "deit_micro_distilled_patch4_28", "--data-set", "synthetic", "--batch-size", "32", "--epochs", "40",

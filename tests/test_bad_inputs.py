@@ -15,7 +15,7 @@ import pytest
 
 import deitlab
 from deitlab.cli import main
-from deitlab.models._checkpoint import save_weights
+from deitlab.io import save_weights
 
 SYN = ["--data-set", "synthetic", "--set", "data.limit_train=64", "--set", "data.limit_eval=32",
        "--set", "model.kwargs.depth=1", "--set", "model.kwargs.embed_dim=32", "--set", "model.kwargs.num_heads=2",
@@ -212,7 +212,7 @@ def test_at_least_25_bad_inputs() -> None:
 def test_disk_full_while_writing_a_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import deitlab.models._checkpoint as ck
+    import deitlab.io as ck
 
     real = ck.os.fdopen
 

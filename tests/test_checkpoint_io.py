@@ -10,8 +10,8 @@ import torch
 
 import deitlab
 from deitlab.errors import CheckpointError
+from deitlab.io import read_checkpoint, save_weights
 from deitlab.layers import resample_pos_embed
-from deitlab.models._checkpoint import read_checkpoint, save_weights
 
 SMALL = dict(img_size=32, depth=2, num_classes=5)
 

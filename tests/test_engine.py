@@ -15,7 +15,7 @@ from deitlab.engine import train
 from deitlab.engine.checkpoint import read_manifest, write_manifest
 from deitlab.engine.optim import build_optimizer, lr_at, param_groups
 from deitlab.errors import ConfigError
-from deitlab.models._checkpoint import read_checkpoint, save_weights
+from deitlab.io import read_checkpoint, save_weights
 
 FAST = [
     "aug.rand_augment=null", "aug.re_prob=0", "aug.crop_scale=null", "aug.eval_crop_pct=1", "train.progress=false",

@@ -18,7 +18,7 @@ import torch
 from deitlab.config import build_config
 from deitlab.engine import TrainingDiverged, train
 from deitlab.engine.checkpoint import load_resume, read_manifest
-from deitlab.models._checkpoint import read_checkpoint
+from deitlab.io import read_checkpoint
 
 ARGS = [
     "--model", "deit_micro_distilled_patch4_28", "--data-set", "synthetic", "--batch-size", "32", "--epochs", "2",

@@ -25,8 +25,8 @@ from deitlab.data import load_dataset
 from deitlab.data.datasets import FASHION_MNIST_DEFAULT_ROOT
 from deitlab.engine import TrainResult, train
 from deitlab.errors import ConfigError, DataError
+from deitlab.io import atomic_write_bytes
 from deitlab.models import create_model
-from deitlab.models._checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

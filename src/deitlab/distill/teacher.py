@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from deitlab.errors import CheckpointError, ConfigError
-from deitlab.models import create_model, list_models
-from deitlab.models._checkpoint import read_checkpoint
+from deitlab.io import read_checkpoint
+from deitlab.models import create_model, get_model_entry, list_models
 from deitlab.models.vit import DistilledLogits
 
 log = logging.getLogger(__name__)
@@ -129,8 +129,6 @@ def load_teacher(
         if not name:
             raise ConfigError(f"teacher checkpoint {path} does not say which model it is; pass --teacher-model")
         if name not in list_models():
-            from deitlab.models import get_model_entry
-
             get_model_entry(name)  # raises the unknown-name error with suggestions
         kwargs = json.loads(meta.get("model_kwargs", "{}")) if name == saved_name else {}
         head = state.get("head.weight", state.get("head.fc.weight"))

@@ -8,18 +8,14 @@ truncated or corrupt (size or hash differs from the manifest) is skipped, with a
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from deitlab.errors import CheckpointError
-from deitlab.models._checkpoint import atomic_write_bytes
+from deitlab.io import atomic_write_bytes, load_torch_bytes, sha256_hex, torch_bytes
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +30,6 @@ class ManifestEntry:
     sha256: str
     epoch: int
     step: int  # global optimizer steps done
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def read_manifest(run_dir: Path) -> list[ManifestEntry]:
@@ -60,13 +52,11 @@ def save_resume(run_dir: Path, state: dict[str, Any], *, epoch: int, step: int, 
     """Write a resume file atomically, record it in the manifest, and prune all but the last ``keep_last``."""
     ckpt_dir = run_dir / CKPT_DIR
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    data = buf.getvalue()
+    data = torch_bytes(state)
     name = f"ckpt-{step:09d}.pt"
     atomic_write_bytes(ckpt_dir / name, data)
     entries = [e for e in read_manifest(run_dir) if e.file != name]
-    entries.append(ManifestEntry(name, len(data), _sha256(data), epoch, step))
+    entries.append(ManifestEntry(name, len(data), sha256_hex(data), epoch, step))
     keep, drop = entries[-keep_last:], entries[:-keep_last]
     write_manifest(run_dir, keep)  # the manifest changes before any file goes, so it never names a missing file
     for e in drop:
@@ -76,12 +66,9 @@ def save_resume(run_dir: Path, state: dict[str, Any], *, epoch: int, step: int, 
 
 def _load_verified(path: Path, entry: ManifestEntry | None) -> dict[str, Any]:
     data = path.read_bytes()
-    if entry is not None and (len(data) != entry.size or _sha256(data) != entry.sha256):
+    if entry is not None and (len(data) != entry.size or sha256_hex(data) != entry.sha256):
         raise CheckpointError(f"{path} does not match its manifest entry (size {len(data)} vs {entry.size})")
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path} is unreadable ({str(e).splitlines()[0][:120]})") from None
+    state = load_torch_bytes(data, what=str(path))
     if not isinstance(state, dict) or "model" not in state or "global_step" not in state:
         raise CheckpointError(f"{path} is not a deitlab resume file")
     return state

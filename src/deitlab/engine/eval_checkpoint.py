@@ -14,8 +14,8 @@ from deitlab.data import EvalAugment, load_dataset
 from deitlab.engine.evaluate import evaluate, summarize
 from deitlab.engine.setup import check_precision, eval_batches, resolve_device
 from deitlab.errors import CheckpointError, ConfigError
+from deitlab.io import read_checkpoint
 from deitlab.models import create_model
-from deitlab.models._checkpoint import read_checkpoint
 
 
 def _locate(target: Path) -> tuple[Path, dict[str, Any] | None]:

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from deitlab.models._checkpoint import atomic_write_bytes
+from deitlab.io import atomic_write_bytes
 
 
 class RunLog:

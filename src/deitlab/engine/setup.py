@@ -28,8 +28,8 @@ from deitlab.data.loader import StreamLoader, sequential_batches
 from deitlab.distill.losses import DistillationLoss, cross_entropy
 from deitlab.distill.teacher import FrozenTeacher, load_teacher
 from deitlab.errors import ConfigError
+from deitlab.io import atomic_write_bytes
 from deitlab.models import create_model
-from deitlab.models._checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

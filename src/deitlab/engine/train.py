@@ -30,7 +30,7 @@ from deitlab.engine.evaluate import EvalCounts, autocast, evaluate, summarize
 from deitlab.engine.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from deitlab.engine.runlog import RunLog
 from deitlab.errors import DeitlabError
-from deitlab.models._checkpoint import atomic_write_bytes, save_weights
+from deitlab.io import atomic_write_bytes, save_weights
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from deitlab.errors import ConfigError
+from deitlab.models.weights import load_checkpoint
 
 Builder = Callable[..., nn.Module]
 
@@ -68,7 +69,6 @@ def _unknown_name_error(name: str) -> ConfigError:
 
 def get_model_entry(name: str) -> ModelEntry:
     """The registry entry for ``name``; an unknown name raises ``ValueError`` listing the closest names."""
-    _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -77,7 +77,6 @@ def get_model_entry(name: str) -> ModelEntry:
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching a shell-style ``pattern`` (``*`` alone or ``deit_*``), sorted."""
-    _ensure_loaded()
     if any(ch in pattern for ch in "*?["):
         return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
     return sorted(n for n in _REGISTRY if pattern in n)
@@ -116,12 +115,5 @@ def create_model(name: str, *, checkpoint: str | Path | None = None, **overrides
     model.model_name = name  # type: ignore[assignment]
     model.model_kwargs = dict(overrides)  # type: ignore[assignment]  # enough to rebuild: name + overrides
     if checkpoint is not None:
-        from deitlab.models._checkpoint import load_checkpoint
-
         load_checkpoint(model, checkpoint, allow_new_head="num_classes" in overrides)
     return model
-
-
-def _ensure_loaded() -> None:
-    """Import the model families so that their registrations run (lazy, to avoid import cycles)."""
-    import deitlab.models  # noqa: F401

@@ -1,47 +1,15 @@
 """Foreign checkpoint layouts -> deitlab's (timm's) state-dict keys. Pure functions, no I/O.
 
-deitlab uses timm's key names, so timm state dicts need no renaming. What differs between sources is the
-wrapping (official DeiT files nest the weights under ``"model"``, pycls under ``"model_state"``, DDP adds a
-``module.`` prefix) and the position-embedding grid when a checkpoint was trained at another resolution.
+deitlab uses timm's key names, so timm state dicts need no renaming. The wrapping of foreign files (official DeiT
+nests the weights under ``"model"``, DDP adds ``module.``) is undone by :func:`deitlab.io.unwrap_state_dict`;
+what is left here is the position-embedding grid of a checkpoint trained at another resolution.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 
 from deitlab.layers import resample_pos_embed
-
-# Where training scripts nest the weights, most specific first (DeiT: "model"; pycls: "model_state").
-_NESTING_KEYS = ("model", "state_dict", "model_state", "module")
-
-
-def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    """Find the tensor mapping inside a loaded checkpoint and drop DDP/compile prefixes."""
-    for _ in range(3):  # a few levels at most ({"model": {"state_dict": ...}} exists in the wild)
-        if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            break
-        if not isinstance(obj, Mapping):
-            raise ValueError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
-        nested = next((obj[k] for k in _NESTING_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if nested is None:
-            keys = ", ".join(list(map(str, obj))[:8])
-            raise ValueError(f"no state dict found in checkpoint (top-level keys: {keys})")
-        obj = nested
-    return {strip_prefixes(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-
-
-def strip_prefixes(key: str, prefixes: tuple[str, ...] = ("module.", "_orig_mod.")) -> str:
-    """Remove the prefixes that DistributedDataParallel and torch.compile add to parameter names."""
-    changed = True
-    while changed:
-        changed = False
-        for p in prefixes:
-            if key.startswith(p):
-                key, changed = key[len(p) :], True
-    return key
 
 
 def adapt_pos_embed(state_dict: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,16 +1,21 @@
-"""Reading and writing model weights safely.
+"""Safe file I/O for the whole package: atomic writes, safe checkpoint reads, content hashes.
 
-Writing: safetensors only, atomically (temp file in the same directory, flush + fsync, rename, fsync dir).
-Reading: ``.safetensors`` directly; ``.pth``/``.pt``/``.bin`` only through ``torch.load(weights_only=True)``,
-so a file that would execute pickled code is refused instead of run.
+Writing: bytes go to a temp file in the same directory, are flushed and fsynced, then renamed over the target
+(and the directory fsynced), so a crash leaves the old file or the complete new one, never a torn one. Weights
+are written as safetensors only.
+
+Reading: ``.safetensors`` directly; ``.pth``/``.pt``/``.bin`` and resume files only through
+``torch.load(weights_only=True)``, so a file that would execute pickled code is refused instead of run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
-import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +26,13 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from deitlab.errors import CheckpointError
-from deitlab.models.convert import adapt_pos_embed, is_head_key, unwrap_state_dict
-
-log = logging.getLogger(__name__)
 
 FORMAT = "deitlab"
+# Where training scripts nest the weights, most specific first (DeiT: "model"; pycls: "model_state").
+NESTING_KEYS = ("model", "state_dict", "model_state", "module")
+# Prefixes that DistributedDataParallel and torch.compile add to parameter names.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+MAX_NESTING = 3  # {"model": {"state_dict": ...}} exists in the wild
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -58,6 +65,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
+def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256 of ``data`` (the manifest's integrity check of resume files)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def save_weights(model: nn.Module, path: str | Path, *, extra: dict[str, Any] | None = None) -> None:
     """Save ``model``'s state dict as safetensors with the metadata needed to rebuild it.
 
@@ -71,6 +83,51 @@ def save_weights(model: nn.Module, path: str | Path, *, extra: dict[str, Any] | 
         meta[k] = json.dumps(v)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """``torch.save`` into memory (resume states: tensors and plain containers only)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def load_torch_bytes(data: bytes, *, what: str) -> Any:
+    """``torch.load(weights_only=True)`` of in-memory bytes; anything that needs pickled code is refused."""
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError/RuntimeError for unsafe globals, others for corruption
+        raise CheckpointError(f"{what} is unreadable ({str(e).splitlines()[0][:120]})") from None
+
+
+def strip_prefixes(key: str, prefixes: tuple[str, ...] = WRAPPER_PREFIXES) -> str:
+    """Remove the prefixes that DistributedDataParallel and torch.compile add to parameter names."""
+    changed = True
+    while changed:
+        changed = False
+        for p in prefixes:
+            if key.startswith(p):
+                key, changed = key[len(p) :], True
+    return key
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """Find the tensor mapping inside a loaded checkpoint and drop DDP/compile prefixes.
+
+    Raises:
+        ValueError: no mapping of tensors is found within :data:`MAX_NESTING` levels of :data:`NESTING_KEYS`.
+    """
+    for _ in range(MAX_NESTING):
+        if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
+        nested = next((obj[k] for k in NESTING_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if nested is None:
+            keys = ", ".join(list(map(str, obj))[:8])
+            raise ValueError(f"no state dict found in checkpoint (top-level keys: {keys})")
+        obj = nested
+    return {strip_prefixes(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -105,44 +162,3 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         return unwrap_state_dict(obj), {}
     except ValueError as e:
         raise CheckpointError(f"checkpoint {path}: {e}") from None
-
-
-def load_checkpoint(model: nn.Module, path: str | Path, *, allow_new_head: bool = False) -> list[str]:
-    """Load weights from ``path`` into ``model``; returns the keys left at their initial values.
-
-    Position embeddings are resampled to the model's grid. A classifier of another class count is dropped with
-    a warning when ``allow_new_head`` (the caller changed ``num_classes`` on purpose), otherwise it is an error
-    naming both shapes. Any other missing, unexpected or mis-shaped key is an error listing them.
-    """
-    state, meta = read_checkpoint(path)
-    state = adapt_pos_embed(state, model)
-    own = model.state_dict()
-    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]  # model order
-    head_mismatch = sorted((k for k in mismatched if is_head_key(k)), key=lambda k: not k.endswith("weight"))
-    other_mismatch = [k for k in mismatched if not is_head_key(k)]
-    name = meta.get("model", "")
-    origin = f" (a {name} checkpoint)" if name else ""
-    dropped: list[str] = []
-    if head_mismatch:
-        shapes = f"{tuple(state[head_mismatch[0]].shape)} in the checkpoint vs {tuple(own[head_mismatch[0]].shape)}"
-        if not allow_new_head:
-            raise CheckpointError(
-                f"checkpoint {path}{origin} has a classifier of another class count ({head_mismatch[0]}: {shapes}); "
-                "pass num_classes explicitly to train a new head"
-            )
-        dropped = [k for k in state if is_head_key(k)]
-        log.warning(
-            "dropping the checkpoint's classifier (%s: %s); the new head starts from scratch", head_mismatch[0], shapes
-        )
-        state = {k: v for k, v in state.items() if k not in dropped}
-    missing = [k for k in own if k not in state and k not in dropped and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    problems = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in other_mismatch[:4]]
-    problems += [f"{len(other_mismatch) - 4} more shape mismatches"] if len(other_mismatch) > 4 else []
-    for label, keys in (("missing", missing), ("unexpected", unexpected)):
-        if keys:
-            problems.append(f"{label} {len(keys)} keys ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})")
-    if problems:
-        raise CheckpointError(f"checkpoint {path}{origin} is for another architecture: {'; '.join(problems)}")
-    model.load_state_dict(state, strict=False)
-    return dropped
