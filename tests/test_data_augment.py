@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from deitlab.data import EvalAugment, TrainAugment, eval_transform, normalize, random_erasing, random_resized_crop_flip
-from deitlab.data.augment import affine_grid, rrc_params
+from deitlab.data.augment import rrc_params
+from deitlab.data.ops import affine_grid
 from deitlab.errors import ConfigError
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)

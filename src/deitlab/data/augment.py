@@ -3,10 +3,8 @@
 The training pipeline (:class:`TrainAugment`) follows timm's ``create_transform`` as DeiT uses it --
 RandomResizedCrop + horizontal flip, RandAugment, normalise, random erasing -- but as a handful of batched tensor
 ops instead of a per-image PIL pipeline in loader workers. Mixup/CutMix (``mix.py``) runs after it, on the labels
-too. Randomness comes only from an explicit ``torch.Generator`` (or an int seed), so a batch is reproducible.
-
-Random numbers are drawn on the generator's device (normally the CPU) and the few per-sample parameters are
-then moved to the batch's device; the pixel work runs on the batch's device.
+too. Randomness comes only from an explicit ``torch.Generator`` (or an int seed), so a batch is reproducible;
+the shared random and warping helpers live in ``ops.py``.
 
 CPU note: on cores shared with other busy processes, use ``torch.set_num_threads(1)`` for the process that
 augments -- every multi-threaded op otherwise waits for a descheduled thread, and a batch can take 10-50x longer
@@ -21,121 +19,19 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from deitlab.data.ops import (
+    as_generator,
+    check_batch,
+    check_interpolation,
+    check_probabilities,
+    chunks,
+    rand,
+    randint_inclusive,
+    to_pair,
+    warp_affine,
+)
+from deitlab.data.randaugment import RandAugment
 from deitlab.errors import ConfigError
-
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
-
-
-def as_generator(generator: torch.Generator | int | None) -> torch.Generator:
-    """A ``torch.Generator`` from a generator, an int seed, or ``None`` (seeded from torch's global RNG)."""
-    if isinstance(generator, torch.Generator):
-        return generator
-    if generator is None:
-        generator = int(torch.randint(0, 2**62, (1,)).item())
-    return torch.Generator().manual_seed(int(generator))
-
-
-def rand(shape: Sequence[int] | int, g: torch.Generator, device: torch.device | str | None = None) -> torch.Tensor:
-    """Uniform [0, 1) float32 numbers from ``g``, moved to ``device``."""
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    out = torch.rand(shape, generator=g, device=g.device)
-    return out if device is None else out.to(device)
-
-
-def randint_inclusive(lo: torch.Tensor | int, hi: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Per-element uniform integers in ``[lo, hi]`` (``random.randint`` semantics), as int64."""
-    lo_t = torch.as_tensor(lo, dtype=torch.float64)
-    u = torch.rand(hi.shape, generator=g, device=g.device, dtype=torch.float64)
-    return (lo_t + torch.floor(u * (hi.double() - lo_t + 1))).long()
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    if len(size) != 2:
-        raise ConfigError(f"size={size} must be an int or (height, width)")
-    return (int(size[0]), int(size[1]))
-
-
-def _check_interp(interpolation: str) -> None:
-    if interpolation not in INTERPOLATIONS:
-        raise ConfigError(
-            f"interpolation={interpolation!r} is not supported; choose one of {', '.join(INTERPOLATIONS)}"
-        )
-
-
-def _check_batch(x: torch.Tensor, what: str) -> None:
-    if x.ndim != 4:
-        raise ConfigError(f"{what} expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
-
-
-# On the CPU, pixel work runs in chunks of about this many elements per image slice (8 MB of float32), so every
-# intermediate (float copy, sampling grid, output) stays in cache; 2-3x faster than whole-batch passes on big
-# images, and a single chunk for small ones. Other devices take the whole batch.
-CPU_CHUNK_ELEMENTS = 2**21
-
-
-def chunks(batch: int, device: torch.device, per_item: int) -> list[slice]:
-    """Slices covering ``range(batch)``: on the CPU ~``CPU_CHUNK_ELEMENTS / per_item`` items each (``per_item`` =
-    elements per batch item), elsewhere one slice."""
-    step = max(1, CPU_CHUNK_ELEMENTS // max(1, per_item)) if device.type == "cpu" else max(batch, 1)
-    return [slice(i, min(i + step, batch)) for i in range(0, batch, step)]
-
-
-def affine_grid(theta: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
-    """``F.affine_grid(theta, (B, C, out_h, out_w), align_corners=False)`` built by broadcasting.
-
-    Same result, faster on the CPU than the batched matmul inside ``F.affine_grid``.
-    """
-    dev, dt = theta.device, theta.dtype
-    xs = ((torch.arange(out_w, device=dev, dtype=dt) * 2 + 1) / out_w - 1).view(1, 1, out_w)  # pixel centres
-    ys = ((torch.arange(out_h, device=dev, dtype=dt) * 2 + 1) / out_h - 1).view(1, out_h, 1)
-    t = theta[:, :, :, None, None]  # (B, 2, 3, 1, 1)
-    grid = torch.empty(theta.shape[0], out_h, out_w, 2, device=dev, dtype=dt)
-    torch.add(t[:, 0, 0] * xs, t[:, 0, 1] * ys + t[:, 0, 2], out=grid[..., 0])
-    torch.add(t[:, 1, 0] * xs, t[:, 1, 1] * ys + t[:, 1, 2], out=grid[..., 1])
-    return grid
-
-
-def warp_affine(
-    x: torch.Tensor,
-    theta: torch.Tensor,
-    out_size: tuple[int, int] | None = None,
-    *,
-    interpolation: str = "bilinear",
-    fill: torch.Tensor | None = None,
-    out: torch.Tensor | None = None,
-    rounding: str = "round",
-) -> torch.Tensor:
-    """Resample a batch through per-sample affine maps (normalised output -> input coordinates) with
-    ``grid_sample`` (one call per CPU chunk, one call per batch elsewhere).
-
-    ``fill`` (``(C,)`` in the input's pixel units) colours every output pixel whose source point lies outside
-    the image, as PIL's ``Image.transform(..., fillcolor=)`` does (a sharp edge; inside, neighbours are clamped
-    to the border). ``None`` clamps everything to the border. A uint8 input gives a uint8 output, rounded to
-    nearest or, with ``rounding="floor"``, truncated as PIL's ``Image.transform`` does.
-    ``out`` may be a preallocated output (it may also be ``x`` itself when the size is unchanged).
-    """
-    b, c = x.shape[:2]
-    out_h, out_w = out_size if out_size is not None else x.shape[-2:]
-    if out is None:
-        out = torch.empty(b, c, out_h, out_w, dtype=x.dtype, device=x.device)
-    theta = theta.to(device=x.device, dtype=torch.float32)
-    f = None if fill is None else fill.to(device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
-    for sl in chunks(b, x.device, c * max(out_h * out_w, x.shape[-1] * x.shape[-2])):
-        grid = affine_grid(theta[sl], out_h, out_w)
-        y = F.grid_sample(x[sl].float(), grid, mode=interpolation, padding_mode="border", align_corners=False)
-        if f is not None:
-            inside = (grid.abs().amax(dim=-1) < 1).unsqueeze(1)  # (b, 1, H, W): source point inside the image
-            y = torch.where(inside, y, f)
-        if x.dtype == torch.uint8:  # the uint8 copy below truncates; bilinear stays within 0..255
-            if rounding == "round":
-                y = y.add_(0.5) if interpolation == "bilinear" else y.round_().clamp_(0, 255)
-            else:  # the epsilon absorbs float32 grid error (an identity warp must give back 128, not 127.99998)
-                y = y.add_(1e-3) if interpolation == "bilinear" else y.add_(1e-3).clamp_(0, 255)
-        out[sl] = y
-    return out
-
 
 # ----------------------------------------------------------------------------------------------- crop + flip
 
@@ -206,15 +102,15 @@ def random_resized_crop_flip(
     per-crop calls cost more than they save) and ``"grid"`` elsewhere.
     Output dtype = input dtype (uint8 is rounded).
     """
-    _check_batch(x, "random_resized_crop_flip")
-    _check_interp(interpolation)
+    check_batch(x, "random_resized_crop_flip")
+    check_interpolation(interpolation)
     if backend not in ("auto", "grid", "resize"):
         raise ConfigError(f"backend={backend!r} is not supported; choose auto, grid or resize")
     if not (0 < scale[0] <= scale[1]) or not (0 < ratio[0] <= ratio[1]):
         raise ConfigError(f"scale={tuple(scale)} / ratio={tuple(ratio)} must be positive (min, max) ranges")
     g = as_generator(generator)
     b, c, height, width = x.shape
-    out_h, out_w = _pair(size)
+    out_h, out_w = to_pair(size)
     top, left, h, w = rrc_params(b, height, width, scale, ratio, g)
     flip = rand(b, g) < hflip
     if backend == "auto":
@@ -245,7 +141,7 @@ def random_resized_crop_flip(
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (0..255) batch -> float32 ``(x / 255 - mean) / std`` per channel (contiguous)."""
-    _check_batch(x, "normalize")
+    check_batch(x, "normalize")
     if len(mean) != x.shape[1] or len(std) != x.shape[1]:
         raise ConfigError(f"mean={tuple(mean)} / std={tuple(std)} need {x.shape[1]} entries (one per channel)")
     m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1) * 255
@@ -264,8 +160,8 @@ def eval_transform(
 
     With ``crop_pct=1`` and images already ``size`` on the shorter side this is just the centre crop.
     """
-    _check_batch(x, "eval_transform")
-    _check_interp(interpolation)
+    check_batch(x, "eval_transform")
+    check_interpolation(interpolation)
     if not 0 < crop_pct <= 1:
         raise ConfigError(f"crop_pct={crop_pct} must be in (0, 1]; DeiT uses 0.875")
     h, w = x.shape[-2:]
@@ -304,7 +200,7 @@ def random_erasing(
     box and channel, ``"const"`` = zeros (the dataset mean after normalisation). Boxes are drawn for the whole
     batch at once; filling is one slice assignment per erased box (about ``p * B`` small ops).
     """
-    _check_batch(x, "random_erasing")
+    check_batch(x, "random_erasing")
     if mode not in ("pixel", "rand", "const"):
         raise ConfigError(f"random erasing mode={mode!r} is not supported; choose pixel, rand or const")
     if not 1 <= min_count <= count:
@@ -407,14 +303,11 @@ class TrainAugment:
         ra_interpolation: str | None = None,
         fill: Sequence[float] | None = None,
     ) -> None:
-        from deitlab.data.randaugment import RandAugment
-
-        _check_interp(interpolation)
+        check_interpolation(interpolation)
         if len(mean) != len(std):
             raise ConfigError(f"mean={tuple(mean)} and std={tuple(std)} must have one entry per channel")
-        if not 0 <= hflip <= 1 or not 0 <= re_prob <= 1:
-            raise ConfigError(f"hflip={hflip} and re_prob={re_prob} are probabilities; use values in [0, 1]")
-        self.img_size = _pair(img_size)
+        check_probabilities(hflip=hflip, re_prob=re_prob)
+        self.img_size = to_pair(img_size)
         self.mean, self.std = tuple(mean), tuple(std)
         self.scale = None if scale is None else tuple(scale)
         self.ratio, self.hflip = tuple(ratio), hflip
@@ -427,7 +320,7 @@ class TrainAugment:
         random_erasing(torch.zeros(1, 1, 4, 4), 0.0, mode=re_mode, count=re_count, generator=0)  # validate early
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | int | None = None) -> torch.Tensor:
-        _check_batch(images, "TrainAugment")
+        check_batch(images, "TrainAugment")
         if images.dtype != torch.uint8:
             raise ConfigError(f"TrainAugment expects a uint8 batch, got {images.dtype}")
         g = as_generator(generator)
@@ -468,7 +361,7 @@ class EvalAugment:
         crop_pct: float = 0.875,
         interpolation: str = "bicubic",
     ) -> None:
-        _check_interp(interpolation)
+        check_interpolation(interpolation)
         if not 0 < crop_pct <= 1:
             raise ConfigError(f"crop_pct={crop_pct} must be in (0, 1]; DeiT uses 0.875")
         self.img_size, self.crop_pct, self.interpolation = int(img_size), crop_pct, interpolation

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deitlab.data.augment import as_generator, chunks, rand
+from deitlab.data.ops import as_generator, check_probabilities, chunks, rand
 from deitlab.errors import ConfigError
 
 
@@ -111,8 +111,7 @@ class Mixup:
                 f"mixup_alpha={mixup_alpha}, cutmix_alpha={cutmix_alpha}: both must be >= 0 and one > 0 "
                 "(DeiT: 0.8 and 1.0); to switch mixing off, do not build a Mixup"
             )
-        if not 0 <= prob <= 1 or not 0 <= switch_prob <= 1:
-            raise ConfigError(f"prob={prob} and switch_prob={switch_prob} are probabilities; use values in [0, 1]")
+        check_probabilities(prob=prob, switch_prob=switch_prob)
         if num_classes < 1:
             raise ConfigError(f"num_classes={num_classes} must be >= 1")
         one_hot_smooth(torch.zeros(0, dtype=torch.long), num_classes, label_smoothing)  # validates smoothing
