@@ -8,26 +8,21 @@ from deitlab.data.augment import (
     random_erasing,
     random_resized_crop_flip,
 )
-from deitlab.data.datasets import (
-    DATASETS,
-    DatasetInfo,
-    ImageSet,
-    dataset_names,
-    load_dataset,
-    make_synthetic,
-    read_idx,
-    stratified_holdout,
-)
-from deitlab.data.imagefolder import ImageFolderStream, read_image_folder
+from deitlab.data.datasets import DATASETS, DatasetInfo, dataset_names, dataset_spec, load_dataset
+from deitlab.data.imageset import DatasetSpec, ImageSet, stratified_holdout
 from deitlab.data.loader import BatchLoader
 from deitlab.data.mix import Mixup, one_hot_smooth
 from deitlab.data.randaugment import RandAugment, apply_op, parse_rand_augment
+from deitlab.data.readers.idx import read_idx
+from deitlab.data.readers.imagefolder import ImageFolderStream, read_image_folder
+from deitlab.data.readers.synthetic import make_synthetic
 from deitlab.data.samplers import RASampler, ShuffleSampler
 
 __all__ = [
     "DATASETS",
     "BatchLoader",
     "DatasetInfo",
+    "DatasetSpec",
     "EvalAugment",
     "ImageFolderStream",
     "ImageSet",
@@ -38,6 +33,7 @@ __all__ = [
     "TrainAugment",
     "apply_op",
     "dataset_names",
+    "dataset_spec",
     "eval_transform",
     "load_dataset",
     "make_synthetic",

@@ -33,6 +33,12 @@ from deitlab.data.ops import (
 from deitlab.data.randaugment import RandAugment
 from deitlab.errors import ConfigError
 
+CROP_ATTEMPTS = 10  # RandomResizedCrop boxes drawn per image before the centre-crop fallback (torchvision, timm)
+ERASING_ATTEMPTS = 10  # random-erasing boxes drawn per slot before giving up on it (timm)
+# "auto" crops with per-crop antialiased resizes on the CPU from this output area up; below it, one batched
+# grid_sample costs less than the per-crop calls save.
+RESIZE_BACKEND_MIN_AREA = 64 * 64
+
 # ----------------------------------------------------------------------------------------------- crop + flip
 
 
@@ -43,7 +49,7 @@ def rrc_params(
     scale: Sequence[float],
     ratio: Sequence[float],
     g: torch.Generator,
-    attempts: int = 10,
+    attempts: int = CROP_ATTEMPTS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(top, left, h, w)`` int64 ``(B,)`` crop boxes with torchvision/timm RandomResizedCrop semantics.
 
@@ -114,7 +120,7 @@ def random_resized_crop_flip(
     top, left, h, w = rrc_params(b, height, width, scale, ratio, g)
     flip = rand(b, g) < hflip
     if backend == "auto":
-        big = out_h * out_w >= 64 * 64
+        big = out_h * out_w >= RESIZE_BACKEND_MIN_AREA
         backend = "resize" if x.device.type == "cpu" and x.dtype == torch.uint8 and big else "grid"
     if backend == "resize":
         out = torch.empty(b, c, out_h, out_w, dtype=x.dtype, device=x.device)
@@ -247,9 +253,9 @@ def erasing_boxes(
     n_boxes = randint_inclusive(min_count, torch.full((batch,), count), g)
     boxes = []
     for slot in range(count):
-        target = (rand((batch, 10), g).double() * (max_area - min_area) + min_area) * (height * width)
+        target = (rand((batch, ERASING_ATTEMPTS), g).double() * (max_area - min_area) + min_area) * (height * width)
         target = target / n_boxes.view(batch, 1).double()
-        aspect = torch.exp(rand((batch, 10), g).double() * (log_a[1] - log_a[0]) + log_a[0])
+        aspect = torch.exp(rand((batch, ERASING_ATTEMPTS), g).double() * (log_a[1] - log_a[0]) + log_a[0])
         h = torch.round(torch.sqrt(target * aspect)).long()  # timm: h uses * aspect, w uses / aspect
         w = torch.round(torch.sqrt(target / aspect)).long()
         ok = (w < width) & (h < height)

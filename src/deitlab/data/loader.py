@@ -1,4 +1,4 @@
-"""Batches straight from an in-memory :class:`~deitlab.data.datasets.ImageSet`: one tensor index per batch.
+"""Batches straight from an in-memory :class:`~deitlab.data.imageset.ImageSet`: one tensor index per batch.
 
 No per-image workers: the sampler's epoch order is cut into batches and each batch is ``images[idx]``. The
 augmentation then runs batched on the device (``augment.py``), so the loader is never the bottleneck for
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from deitlab.data.datasets import ImageSet
+from deitlab.data.imageset import ImageSet
 from deitlab.data.samplers import RASampler
 from deitlab.errors import ConfigError
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from deitlab.data.ops import as_generator, check_probabilities, chunks, rand
+from deitlab.data.ops import SEED_BOUND, as_generator, check_probabilities, chunks, rand
 from deitlab.errors import ConfigError
 
 
@@ -41,7 +41,7 @@ def one_hot_smooth(labels: torch.Tensor, num_classes: int, smoothing: float = 0.
 
 def _beta(alpha: float, g: torch.Generator) -> float:
     # torch's Beta sampler takes no generator; derive a numpy stream from ours to stay reproducible.
-    seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device).item())
+    seed = int(torch.randint(0, SEED_BOUND, (1,), generator=g, device=g.device).item())
     return float(np.random.default_rng(seed).beta(alpha, alpha))
 
 

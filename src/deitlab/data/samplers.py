@@ -23,14 +23,20 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from deitlab.errors import CheckpointError, ConfigError
+from deitlab.errors import ConfigError
+
+UINT32_MASK = 0xFFFFFFFF  # SeedSequence takes non-negative 32-bit words; larger seeds keep their low 32 bits
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A ``torch.Generator`` seeded from ``(seed, epoch)`` through numpy's SeedSequence (no collisions between
-    nearby pairs, unlike ``seed + epoch``)."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch) & 0xFFFFFFFF]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+    nearby pairs, unlike ``seed + epoch``).
+
+    An epoch's order is a pure function of ``(seed, epoch)``, so resuming needs no sampler state.
+    """
+    words = [int(seed) & UINT32_MASK, int(epoch) & UINT32_MASK]
+    hi, lo = np.random.SeedSequence(words).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(hi) << 31 | int(lo) >> 1)  # two 32-bit words -> a 63-bit seed
 
 
 class RASampler(Sampler[int]):
@@ -86,25 +92,6 @@ class RASampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.epoch_indices().tolist())
-
-    def state_dict(self) -> dict:
-        return {
-            "seed": self.seed,
-            "epoch": self.epoch,
-            "num_samples": self.num_samples,
-            "num_repeats": self.num_repeats,
-            "shuffle": self.shuffle,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore ``seed`` and ``epoch``; refuse a state saved for a different data size or repeat count."""
-        for key in ("num_samples", "num_repeats", "shuffle"):
-            if key in state and state[key] != getattr(self, key):
-                raise CheckpointError(
-                    f"sampler state has {key}={state[key]} but this sampler has {key}={getattr(self, key)}; "
-                    "resume with the same data set and sampler settings"
-                )
-        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
 
     def __repr__(self) -> str:
         return (
