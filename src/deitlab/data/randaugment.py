@@ -15,14 +15,14 @@ section     meaning                                                             
 
 Per image and layer (n layers in sequence), one op is drawn uniformly *with replacement* from the op set, applied
 with probability ``p`` with magnitude ``m = clamp(N(M, S), 0, mmax)``; signed ops flip sign with probability 0.5.
-Each layer gathers the rows that apply an op, sorted by op, so that every op runs once on a contiguous
-sub-batch with per-sample magnitudes: all point ops of the layer share one 256-entry table lookup, all geometric
-ops one ``grid_sample``. The ops, their level -> argument maps (timm's ``auto_augment.py``) and their PIL
-semantics are the table in ``rand_ops.py``. Pixels that geometric ops move in from outside
-get the fill colour (timm default (128, 128, 128); ``TrainAugment`` passes ``round(255 * mean)`` like timm's
-``create_transform``). Two deliberate differences from timm: the interpolation is fixed (timm's default picks
-bilinear or bicubic at random per call; DeiT fixes bicubic), and ``bits = 0`` posterises to black as older Pillow
-did (Pillow 13 raises for it, which crashes timm's ``inc1`` set at magnitude 10).
+Each layer gathers the rows that apply an op, sorted by the op's kind and then the op, so that every op runs once on
+a contiguous sub-batch with per-sample magnitudes: all point ops of the layer share one 256-entry table lookup, all
+geometric ops one ``grid_sample``. The ops, their level -> argument maps (timm's ``auto_augment.py``) and their PIL
+semantics are the table in ``rand_ops.py``. Pixels that geometric ops move in from outside get the fill colour (timm
+default (128, 128, 128); ``TrainAugment`` passes ``round(255 * mean)`` like timm's ``create_transform``). Two
+deliberate differences from timm: the interpolation is fixed (timm's default picks bilinear or bicubic at random per
+call; DeiT fixes bicubic), and ``bits = 0`` posterises to black as older Pillow did (Pillow 13 raises for it, which
+crashes timm's ``inc1`` set at magnitude 10).
 """
 
 from __future__ import annotations
