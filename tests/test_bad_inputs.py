@@ -232,6 +232,7 @@ def test_disk_full_while_writing_a_checkpoint(
     assert not list((tmp_path / "run").rglob("*.tmp")), "temp files left behind"
 
 
+@pytest.mark.slow
 def test_subprocess_exit_codes_and_no_traceback(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -59,6 +59,7 @@ def test_no_weight_decay_on_norms_biases_tokens_and_pos_embed() -> None:
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
 
 
+@pytest.mark.slow
 def test_training_on_real_data_lowers_the_loss(tmp_path: Path) -> None:
     root = Path("/usr/share/datasets/fashion-mnist")
     dataset = "fashion_mnist" if root.is_dir() else "digits"
