@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv demo test lint bench clean data
+.PHONY: venv demo test test-fast lint bench clean data
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,8 +31,15 @@ demo: venv data
 	$(BIN)/deitlab demo
 
 # pytest exits 5 when it collects no tests; that is not a failure of the suite.
+NO_TESTS := 5
+
+# Everything, slow tests included: what CI runs (.ci/run).
 test: venv data
-	$(BIN)/python -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q tests; rc=$$?; if [ $$rc -eq $(NO_TESTS) ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# The inner loop: skips the tests marked slow (subprocess runs, multi-epoch trainings, DDP, SIGKILL, the demo).
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow" tests; rc=$$?; if [ $$rc -eq $(NO_TESTS) ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

@@ -205,10 +205,6 @@ def test_bad_input(
     assert not Path("/tmp/deitlab-pwned").exists()
 
 
-def test_at_least_25_bad_inputs() -> None:
-    assert len(CASES) >= 25
-
-
 def test_disk_full_while_writing_a_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -236,6 +232,7 @@ def test_disk_full_while_writing_a_checkpoint(
     assert not list((tmp_path / "run").rglob("*.tmp")), "temp files left behind"
 
 
+@pytest.mark.slow
 def test_subprocess_exit_codes_and_no_traceback(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -145,3 +145,15 @@ def test_resample_to_same_size_is_identity_and_keeps_prefix() -> None:
     )
     with pytest.raises(ValueError, match="not a square grid"):
         resample_pos_embed(torch.randn(1, 1 + 10, 4), (3, 3), num_prefix_tokens=1)
+
+
+def test_resample_is_bicubic_with_align_corners_false() -> None:
+    """A ramp (0, 1) resampled to 4 columns, by hand: Keys' cubic kernel with a = -0.75, borders clamped.
+
+    Output column j samples input position (j + 0.5)·2/4 − 0.5 = −0.25, 0.25, 0.75, 1.25; at offset t = 0.25 the
+    four taps weigh (−0.10546875, 0.87890625, 0.26171875, −0.03515625). Bilinear would give (0, 0.25, 0.75, 1).
+    """
+    ramp = torch.tensor([0.0, 1.0]).view(1, 2, 1)  # (1, h*w, D) with a 1x2 grid
+    out = resample_pos_embed(ramp, (1, 4), num_prefix_tokens=0, old_grid=(1, 2))
+    expect = torch.tensor([-0.10546875, 0.2265625, 0.7734375, 1.10546875]).view(1, 4, 1)
+    torch.testing.assert_close(out, expect, rtol=0, atol=1e-6)

@@ -20,6 +20,7 @@ def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     proc = _run("demo", "--quick", "--quiet", "--output-dir", str(out))
@@ -39,6 +40,7 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     assert "acc_dist" in proc.stdout and "acc_fused" in proc.stdout
 
 
+@pytest.mark.slow
 def test_models_listing() -> None:
     proc = _run("models", "deit_tiny*")
     assert proc.returncode == 0

@@ -1,4 +1,4 @@
-"""Distillation losses against SPEC §2's formulas and hand-computed numbers; the teacher stays frozen."""
+"""Distillation losses against SPEC §2's formulas and numbers computed by hand; gradient never reaches the teacher."""
 
 from __future__ import annotations
 
@@ -15,23 +15,47 @@ from deitlab.distill import DistillationLoss, FrozenTeacher, cross_entropy, hard
 from deitlab.errors import ConfigError
 from deitlab.models import DistilledLogits
 
+SPEC_LOGITS = [30.0, 5.0, 2.0, 2.0]  # SPEC §2's example
 
-def test_temperature_softmax_matches_spec_example() -> None:
-    z = torch.tensor([30.0, 5.0, 2.0, 2.0])
-    torch.testing.assert_close(
-        torch.softmax(z / 10, -1), torch.tensor([0.8308, 0.0682, 0.0505, 0.0505]), atol=1e-4, rtol=0
-    )
-    p1 = torch.softmax(z, -1)
-    assert p1[0] > 0.999999 and math.isclose(p1[1].item(), 1.4e-11, rel_tol=0.05)
-    assert math.isclose(p1[2].item(), 6.9e-13, rel_tol=0.05)
+
+def _kl_by_formula(s: torch.Tensor, t: torch.Tensor, tau: float, denom: int) -> torch.Tensor:
+    """``τ²·Σ p_t·(log p_t − log p_s) / denom`` written out from DeiT eq. 2, independently of deitlab's code."""
+    p_t = torch.softmax(t / tau, -1)
+    return tau**2 * (p_t * (torch.log(p_t) - torch.log_softmax(s / tau, -1))).sum() / denom
+
+
+def test_soft_targets_at_t10_match_spec_example() -> None:
+    """The loss's gradient exposes the softened teacher distribution it pulls the student towards.
+
+    By hand: for one row with ``batchmean``, ``L = τ²·Σ p_t·log(p_t / p_s)`` and ``∂L/∂s = τ·(p_s − p_t)``; a student
+    with all-zero logits is uniform, so ``p_t = 1/K − (∂L/∂s)/τ``.
+    """
+    tau = 10.0
+    s = torch.zeros(1, 4, requires_grad=True)
+    soft_distillation(s, torch.tensor([SPEC_LOGITS]), tau=tau, reduction="batchmean").backward()
+    p_t = 1 / 4 - s.grad[0] / tau
+    torch.testing.assert_close(p_t, torch.tensor([0.8308, 0.0682, 0.0505, 0.0505]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(("i", "p_i", "shift"), [(1, 1.4e-11, 22.0), (2, 6.9e-13, 25.0), (3, 6.9e-13, 25.0)])
+def test_soft_targets_at_t1_match_spec_example(i: int, p_i: float, shift: float) -> None:
+    """At T = 1 the teacher's tail (SPEC: 1.4e-11, 6.9e-13) is below float32 gradient resolution: read it from the loss.
+
+    By hand: raising the student's logit ``i`` by ``c`` above the teacher's multiplies ``p_s(i)`` by ``e^c`` and
+    renormalises, so ``KL(p_t ‖ p_s) = log(1 + p_i·(e^c − 1)) − c·p_i`` exactly (``c`` puts ``p_i·e^c`` near 0.05).
+    """
+    t = torch.tensor([SPEC_LOGITS])
+    s = t.clone()
+    s[0, i] += shift
+    expect = math.log1p(p_i * math.expm1(shift)) - shift * p_i
+    assert soft_distillation(s, t, tau=1.0, reduction="batchmean").item() == pytest.approx(expect, rel=0.02)
 
 
 def test_soft_distillation_hand_computed() -> None:
+    """Two classes, τ = 2: ``p_t = (a, b)``, ``p_s = (b, a)``, ``b/a = e^½``, so ``KL = (b − a)·½ = ½·tanh(¼)``."""
     s = torch.tensor([[1.0, 0.0]])
     t = torch.tensor([[0.0, 1.0]])
-    # tau = 2: p_t = softmax([0, .5]), p_s = softmax([.5, 0]); KL(p_t || p_s) = (b - a) * log(b / a) with a < b
-    a, b = 1 / (1 + math.exp(0.5)), 1 / (1 + math.exp(-0.5))
-    kl = b * math.log(b / a) + a * math.log(a / b)
+    kl = 0.5 * math.tanh(0.25)  # = 0.122459...
     assert soft_distillation(s, t, tau=2.0, reduction="batchmean").item() == pytest.approx(4 * kl, rel=1e-6)
     assert soft_distillation(s, t, tau=2.0, reduction="deit").item() == pytest.approx(4 * kl / 2, rel=1e-6)
     assert soft_distillation(t, t, tau=3.0).item() == pytest.approx(0.0, abs=1e-7)
@@ -42,12 +66,10 @@ def test_soft_distillation_hand_computed() -> None:
 def test_soft_distillation_equals_definition(b: int, k: int, tau: float, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     s, t = torch.randn(b, k, generator=g) * 3, torch.randn(b, k, generator=g) * 3
-    p_t, log_p_s = torch.softmax(t / tau, -1), torch.log_softmax(s / tau, -1)
-    kl = (p_t * (torch.log(p_t) - log_p_s)).sum()
     deit = soft_distillation(s, t, tau=tau, reduction="deit")
     batchmean = soft_distillation(s, t, tau=tau, reduction="batchmean")
-    torch.testing.assert_close(deit, kl * tau**2 / (b * k), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(batchmean, deit * k, rtol=1e-5, atol=1e-6)  # they differ by the class count
+    torch.testing.assert_close(deit, _kl_by_formula(s, t, tau, b * k), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(batchmean, _kl_by_formula(s, t, tau, b), rtol=1e-4, atol=1e-6)
 
 
 def test_tau_squared_keeps_gradient_scale() -> None:
@@ -62,22 +84,68 @@ def test_tau_squared_keeps_gradient_scale() -> None:
 
 
 def test_hard_distillation_and_teacher_label_smoothing() -> None:
-    s = torch.tensor([[2.0, 0.0, -1.0]])
-    t = torch.tensor([[0.0, 5.0, 1.0]])  # y_t = 1
-    log_p = torch.log_softmax(s, -1)[0]
-    assert hard_distillation(s, t).item() == pytest.approx(-log_p[1].item(), rel=1e-6)
-    eps = 0.1  # smoothed target: 1 - eps + eps/K on y_t, eps/K elsewhere
-    target = torch.full((3,), eps / 3)
-    target[1] += 1 - eps
-    expect = -(target * log_p).sum().item()
-    assert hard_distillation(s, t, label_smoothing=eps).item() == pytest.approx(expect, rel=1e-6)
+    """CE against the teacher's argmax, by hand: ``−log p_s(y_t) = LSE(s) − s[y_t]``."""
+    rows = [[2.0, 0.0, -1.0], [0.0, 1.0, 3.0]]
+    s = torch.tensor(rows)
+    t = torch.tensor([[0.0, 5.0, 1.0], [4.0, 2.0, 9.0]])  # y_t = (1, 2)
+    lse = [math.log(sum(math.exp(v) for v in row)) for row in rows]
+    ce = [lse[0] - rows[0][1], lse[1] - rows[1][2]]
+    assert hard_distillation(s, t).item() == pytest.approx(sum(ce) / 2, rel=1e-6)
+    # smoothed target (1 − ε)·one_hot(y_t) + ε/K: CE = (1 − ε)·CE(y_t) + ε·(LSE − mean(s))
+    eps = 0.1
+    smoothed = [(1 - eps) * c + eps * (m - sum(row) / len(row)) for c, m, row in zip(ce, lse, rows)]
+    assert hard_distillation(s, t, label_smoothing=eps).item() == pytest.approx(sum(smoothed) / 2, rel=1e-6)
 
 
 def test_cross_entropy_with_soft_targets() -> None:
+    # by hand: logits (0, log 3) give p = (1/4, 3/4); target (1/2, 1/2) gives ½·log 4 + ½·log(4/3)
+    logits = torch.tensor([[0.0, math.log(3.0)]])
+    expect = 0.5 * math.log(4) + 0.5 * math.log(4 / 3)
+    assert cross_entropy(logits, torch.tensor([[0.5, 0.5]])).item() == pytest.approx(expect, rel=1e-6)
+    # one-hot soft targets take the same value as class indices through PyTorch's own cross-entropy
     logits = torch.randn(5, 4)
     labels = torch.tensor([0, 3, 1, 2, 2])
     one_hot = F.one_hot(labels, 4).float()
     torch.testing.assert_close(cross_entropy(logits, one_hot), F.cross_entropy(logits, labels))
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+def test_no_gradient_flows_into_the_teachers_logits(kind: str) -> None:
+    """The loss functions detach the teacher: fails if ``soft_distillation`` lets gradient reach ``t``.
+
+    (``hard`` goes through an argmax, which stops gradient by itself; the case guards the contract should the
+    hard term ever use the teacher's values.)
+    """
+    s = torch.randn(4, 5, requires_grad=True)
+    t = torch.randn(4, 5, requires_grad=True)  # as if a caller forgot no_grad around a trainable teacher
+    loss = soft_distillation(s, t, tau=2.0) if kind == "soft" else hard_distillation(s, t)
+    loss.backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None
+
+
+def test_distillation_loss_never_trains_a_trainable_teacher() -> None:
+    """A plain module teacher whose parameters require grad (no FrozenTeacher): no .grad, weights and BN stats stay."""
+    teacher = torch.nn.Sequential(
+        torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 3)
+    ).eval()
+    assert all(p.requires_grad for p in teacher.parameters())
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = torch.nn.Linear(6, 3)
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    y = torch.tensor([0, 1, 2, 1])
+    for kind in ("soft", "hard"):
+        loss_fn = DistillationLoss(F.cross_entropy, teacher, distillation_type=kind, alpha=0.5, tau=2.0)
+        for _ in range(3):
+            x = torch.randn(4, 6, requires_grad=True)
+            parts = loss_fn(x, student(x), y)
+            opt.zero_grad()
+            parts.total.backward()
+            opt.step()
+            assert parts.distill.item() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 class _Teacher(torch.nn.Module):
@@ -96,7 +164,8 @@ def test_distillation_loss_parts_and_heads() -> None:
     x = torch.randn(4, 6)
     y = torch.tensor([0, 1, 2, 1])
     out = DistilledLogits(torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True))
-    t_logits = teacher(x)
+    with torch.no_grad():
+        t_logits = teacher.model.fc(x)  # the teacher's logits straight from its one layer, not through the wrapper
     hard = DistillationLoss(F.cross_entropy, teacher, distillation_type="hard", alpha=0.5, tau=1.0)
     parts = hard(x, out, y)
     torch.testing.assert_close(parts.base, F.cross_entropy(out.cls_logits, y))  # class head <- labels
@@ -106,12 +175,12 @@ def test_distillation_loss_parts_and_heads() -> None:
 
     soft = DistillationLoss(F.cross_entropy, teacher, distillation_type="soft", alpha=0.1, tau=3.0)
     parts = soft(x, out, y)
-    expect = 0.9 * F.cross_entropy(out.cls_logits, y) + 0.1 * soft_distillation(out.dist_logits, t_logits, tau=3.0)
+    expect = 0.9 * F.cross_entropy(out.cls_logits, y) + 0.1 * _kl_by_formula(out.dist_logits, t_logits, 3.0, 4 * 3)
     torch.testing.assert_close(parts.total, expect)
 
     single = torch.randn(4, 3, requires_grad=True)  # no distillation token: Hinton KD on the one head
     parts = soft(x, single, y)
-    torch.testing.assert_close(parts.distill, soft_distillation(single, t_logits, tau=3.0))
+    torch.testing.assert_close(parts.distill, _kl_by_formula(single, t_logits, 3.0, 4 * 3))
 
     none = DistillationLoss(F.cross_entropy, None, distillation_type="none", alpha=0.5, tau=1.0)
     parts = none(x, out, y)

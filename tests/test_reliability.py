@@ -68,6 +68,7 @@ def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, min_step: int) -> No
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sigkill_at_random_points_then_resume_is_bit_identical(
     tmp_path: Path, reference: dict[str, torch.Tensor], seed: int
@@ -85,6 +86,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(
     assert all(torch.equal(ours[k], reference[k]) for k in reference)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_cleanly(tmp_path: Path, reference: dict[str, torch.Tensor]) -> None:
     run = tmp_path / "run"
     proc = _deitlab("train", *ARGS, "--output-dir", str(run))
@@ -143,6 +145,7 @@ def test_non_finite_steps_are_skipped_then_the_run_stops(tmp_path: Path) -> None
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_ddp_two_processes_equal_one_process(tmp_path: Path) -> None:
     common = [

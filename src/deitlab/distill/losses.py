@@ -27,6 +27,7 @@ def soft_distillation(
     Args:
         student_logits, teacher_logits: ``(B, K)``.
         tau: temperature τ > 0; the τ² factor keeps the gradient scale independent of τ (Hinton §2).
+            The teacher's logits are detached: gradient only ever reaches the student.
         reduction: ``"deit"`` = KL summed over everything divided by ``B·K`` (the official DeiT code,
             ``reduction='sum'`` / ``outputs.numel()``; see facebookresearch/deit#68) or ``"batchmean"`` = summed
             and divided by ``B`` (timm's token-distillation task). They differ by the factor K.
@@ -36,7 +37,8 @@ def soft_distillation(
     if reduction not in KL_REDUCTIONS:
         raise ConfigError(f"KL reduction={reduction!r} is not one of {KL_REDUCTIONS}")
     log_p_s = F.log_softmax(student_logits.float() / tau, dim=-1)
-    log_p_t = F.log_softmax(teacher_logits.float() / tau, dim=-1)
+    # The teacher is a fixed target: detached here, so no caller can back-propagate into it by accident.
+    log_p_t = F.log_softmax(teacher_logits.detach().float() / tau, dim=-1)
     kl = F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True)
     denom = student_logits.numel() if reduction == "deit" else student_logits.shape[0]
     return kl * (tau * tau) / denom
@@ -45,8 +47,13 @@ def soft_distillation(
 def hard_distillation(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, label_smoothing: float = 0.0
 ) -> torch.Tensor:
-    """``CE(ψ(Z_s), y_t)`` with ``y_t = argmax Z_t`` (DeiT eq. 3), optionally label-smoothed (the paper: ε = 0.1)."""
-    return F.cross_entropy(student_logits.float(), teacher_logits.argmax(dim=-1), label_smoothing=label_smoothing)
+    """``CE(ψ(Z_s), y_t)`` with ``y_t = argmax Z_t`` (DeiT eq. 3), optionally label-smoothed (the paper: ε = 0.1).
+
+    The teacher's logits are detached like in :func:`soft_distillation` (``argmax`` alone already stops the
+    gradient; the detach states the contract rather than relying on that).
+    """
+    teacher_labels = teacher_logits.detach().argmax(dim=-1)
+    return F.cross_entropy(student_logits.float(), teacher_labels, label_smoothing=label_smoothing)
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -134,5 +141,5 @@ class DistillationLoss:
         base = self.base_criterion(cls_logits, targets)
         with torch.no_grad():
             teacher_logits = self._teacher(inputs)  # type: ignore[misc]
-        distill = self.distill_term(kd_logits, teacher_logits.detach())
+        distill = self.distill_term(kd_logits, teacher_logits)  # the distillation terms detach the teacher
         return LossParts(base, distill, (1 - self.alpha) * base + self.alpha * distill)

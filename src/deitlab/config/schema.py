@@ -1,20 +1,14 @@
-"""Run configuration: typed dataclasses, YAML files, dotted overrides and DeiT/timm flag aliases.
+"""The configuration schema: typed sections with DeiT's defaults, flag aliases, allowed values and range checks.
 
-A config is built once at the edge (CLI or caller), validated, then passed down as explicit values; nothing in
-the library reads a global config. Unknown keys and flags are errors that suggest the closest valid name.
+What a key is, what it may hold and what may change on resume; reading YAML files and ``key=value`` overrides
+into it is :mod:`deitlab.config.parse`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from deitlab.errors import ConfigError
 
@@ -67,7 +61,7 @@ class DataConfig:
 @dataclass
 class AugConfig:
     crop_scale: tuple[float, float] | None = (0.08, 1.0)  # RandomResizedCrop area; None: no crop
-    crop_ratio: tuple[float, float] = (0.75, 1.3333333333333333)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect ratios (torchvision, DeiT)
     hflip: float = 0.5
     rand_augment: str | None = "rand-m9-mstd0.5-inc1"
     re_prob: float = 0.25
@@ -191,149 +185,22 @@ def all_keys(cfg: Any = None, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown(key: str, candidates: list[str], what: str = "config key") -> ConfigError:
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
-    leaf = difflib.get_close_matches(key.rsplit(".", 1)[-1], [c.rsplit(".", 1)[-1] for c in candidates], n=1)
-    if not close and leaf:
-        close = [c for c in candidates if c.endswith("." + leaf[0])][:1]
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"unknown {what} {key!r}{hint}")
+def get_value(cfg: Config, key: str) -> Any:
+    section, name = key.split(".", 1)
+    return getattr(getattr(cfg, section), name)
 
 
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Convert ``value`` to the field's type or raise a ConfigError naming the key, value and type."""
-    hints = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
-    optional = type(None) in hints
-    base = next((h for h in hints if h is not type(None)), annotation) if hints else annotation
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~") and base is not str):
-        if optional:
-            return None
-        raise ConfigError(f"{key} cannot be empty; give a {getattr(base, '__name__', base)}")
-    if isinstance(value, str) and value.lower() in ("none", "null") and optional:
-        return None
-    origin = typing.get_origin(base)
-    try:
-        if base is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-                return value.lower() in ("true", "yes", "1")
-            raise TypeError
-        if base is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise TypeError
-            return int(value)
-        if base is float:
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if base is str:
-            if not isinstance(value, str | int | float) or isinstance(value, bool):
-                raise TypeError
-            return str(value)
-        if origin is tuple:
-            items = value if isinstance(value, list | tuple) else yaml.safe_load(f"[{value}]")
-            args = typing.get_args(base)
-            if len(items) != len(args):
-                raise TypeError
-            return tuple(_coerce(key, v, a) for v, a in zip(items, args))
-        if origin is dict:
-            if not isinstance(value, dict):
-                raise TypeError
-            return dict(value)
-    except (TypeError, ValueError, yaml.YAMLError):
-        pass
-    else:
-        return value
-    tname = getattr(base, "__name__", str(base)).replace("tuple", "pair")
-    raise ConfigError(f"{key} expects {'an' if tname[0] in 'aeiou' else 'a'} {tname}, got {value!r}")
+def changed_keys(cfg: Config, reference: Config | None = None) -> dict[str, Any]:
+    """Dotted keys whose value differs from ``reference`` (default: the defaults), with ``cfg``'s values."""
+    reference = reference or Config()
+    return {k: get_value(cfg, k) for k in all_keys(cfg) if get_value(cfg, k) != get_value(reference, k)}
 
 
-def _field_types(cfg: Config) -> dict[str, Any]:
-    out = {}
-    for section in dataclasses.fields(cfg):
-        sub = getattr(cfg, section.name)
-        hints = typing.get_type_hints(type(sub))
-        for f in dataclasses.fields(sub):
-            out[f"{section.name}.{f.name}"] = hints[f.name]
-    return out
-
-
-def set_value(cfg: Config, key: str, value: Any) -> None:
-    """Set dotted ``key`` (``optim.lr``; ``model.kwargs.<arg>`` for any model override) with type checking."""
-    types_ = _field_types(cfg)
-    if key.startswith("model.kwargs."):
-        cfg.model.kwargs[key.split(".", 2)[2]] = yaml.safe_load(value) if isinstance(value, str) else value
-        return
-    if key not in types_:
-        raise _unknown(key, list(types_))
-    section, name = key.split(".")
-    value = _coerce(key, value, types_[key])
-    if key in CHOICES and value not in CHOICES[key]:
-        close = difflib.get_close_matches(str(value), CHOICES[key], n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{key}={value!r} is not one of {', '.join(CHOICES[key])}{hint}")
-    setattr(getattr(cfg, section), name, value)
-
-
-def merge_dict(cfg: Config, data: dict[str, Any], prefix: str = "") -> None:
-    """Apply a nested mapping (a parsed YAML file) onto ``cfg``."""
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and key != "model.kwargs" and "." not in key:
-            merge_dict(cfg, v, f"{key}.")
-        elif key == "model.kwargs":
-            if not isinstance(v, dict):
-                raise ConfigError(f"model.kwargs expects a mapping, got {v!r}")
-            cfg.model.kwargs.update(v)
-        else:
-            set_value(cfg, key, v)
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
-    return data
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"optim.lr=1e-3"`` -> ``("optim.lr", 0.001)`` (values are read as YAML scalars)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key=value, e.g. optim.lr=1e-3")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
-def build_config(files: list[str | Path] = (), overrides: list[str] = (), base: dict[str, Any] | None = None) -> Config:
-    """Defaults <- ``base`` <- each YAML file <- each ``key=value`` override, then :func:`validate`."""
-    cfg = Config()
-    if base:
-        merge_dict(cfg, base)
-    for f in files:
-        merge_dict(cfg, load_yaml(f))
-    for o in overrides:
-        set_value(cfg, *parse_override(o))
-    validate(cfg)
-    return cfg
-
-
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a config saved with :meth:`Config.to_dict` (resume files, ``config.yaml``)."""
-    cfg = Config()
-    merge_dict(cfg, data)
-    validate(cfg)
-    return cfg
+# What may change when a run is resumed without breaking its exactness (the rest comes from the checkpoint).
+RESUMABLE_KEYS = frozenset({
+    "train.resume", "train.epochs", "train.progress", "train.checkpoint_every_steps", "train.keep_last",
+    "train.threads", "train.device", "train.eval_every", "train.max_nonfinite", "data.path", "teacher.path",
+})  # fmt: skip
 
 
 def validate(cfg: Config) -> None:
@@ -384,51 +251,3 @@ def validate(cfg: Config) -> None:
             f"distill.type={cfg.distill.type!r} needs a teacher: set teacher.path (--teacher-path) "
             "and/or teacher.model (--teacher-model)"
         )
-
-
-def get_value(cfg: Config, key: str) -> Any:
-    section, name = key.split(".", 1)
-    return getattr(getattr(cfg, section), name)
-
-
-def changed_keys(cfg: Config, reference: Config | None = None) -> dict[str, Any]:
-    """Dotted keys whose value differs from ``reference`` (default: the defaults), with ``cfg``'s values."""
-    reference = reference or Config()
-    return {k: get_value(cfg, k) for k in all_keys(cfg) if get_value(cfg, k) != get_value(reference, k)}
-
-
-# What may change when a run is resumed without breaking its exactness (the rest comes from the checkpoint).
-RESUMABLE_KEYS = frozenset({
-    "train.resume", "train.epochs", "train.progress", "train.checkpoint_every_steps", "train.keep_last",
-    "train.threads", "train.device", "train.eval_every", "train.max_nonfinite", "data.path", "teacher.path",
-})  # fmt: skip
-
-
-def resume_config(saved: Config, requested: Config) -> Config:
-    """The saved run's config, with what the resume command set explicitly (only :data:`RESUMABLE_KEYS`)."""
-    changes = changed_keys(requested)
-    refused = {k: v for k, v in changes.items() if k not in RESUMABLE_KEYS and get_value(saved, k) != v}
-    if refused:
-        k, v = next(iter(refused.items()))
-        raise ConfigError(
-            f"cannot change {k} (to {v!r}, was {get_value(saved, k)!r}) when resuming; only "
-            f"{', '.join(sorted(RESUMABLE_KEYS))} may change. Start a new run to change it."
-        )
-    for k, v in changes.items():
-        section, name = k.split(".", 1)
-        setattr(getattr(saved, section), name, v)
-    validate(saved)
-    return saved
-
-
-def dump_yaml(cfg: Config) -> str:
-    """The resolved config as YAML (tuples as lists), saved beside every run."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, tuple):
-            return [plain(i) for i in v]
-        if isinstance(v, dict):
-            return {k: plain(i) for k, i in v.items()}
-        return v
-
-    return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)
