@@ -25,3 +25,7 @@ class DataError(DeitlabError):
 
 class CheckpointError(DeitlabError):
     """A checkpoint that cannot be read, is unsafe, or does not fit the model (exit code 1)."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A data file or folder that is not there: both a :class:`DataError` (exit code 1) and a ``FileNotFoundError``."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deitlab.errors import ConfigError, DataError
+from deitlab.errors import ConfigError, DataError, DataNotFoundError
 
 SPLITS = ("train", "val", "test")
 
@@ -150,9 +150,9 @@ class DatasetSpec:
         )
 
 
-def missing_data(message: str) -> DataError:
-    """The error for a data file or folder that is not there (one place, should it become a FileNotFoundError)."""
-    return DataError(message)
+def missing_data(message: str) -> DataNotFoundError:
+    """The error for a data file or folder that is not there: a ``DataError`` that is also a ``FileNotFoundError``."""
+    return DataNotFoundError(message)
 
 
 def require_root(spec: DatasetSpec, root: Path | None) -> Path:
