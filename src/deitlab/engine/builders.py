@@ -1,8 +1,9 @@
-"""Builders that turn a validated :class:`~deitlab.config.Config` into the objects the training loop uses."""
+"""Builders that turn a validated :class:`~deitlab.config.Config` into the objects a run uses: device, data,
+student, teacher, loss, augmentation, loaders, run directory. :func:`deitlab.engine.build.build_run` composes them;
+``deitlab eval`` reuses the device and evaluation-batch helpers."""
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Iterable
@@ -29,8 +30,6 @@ from deitlab.distill.teacher import FrozenTeacher, load_teacher
 from deitlab.errors import ConfigError
 from deitlab.io import atomic_write_bytes
 from deitlab.models import create_model
-
-log = logging.getLogger(__name__)
 
 # ImageFolder images come in any size; without model.img_size they are resized to ImageNet's 224 px (DeiT's input).
 DEFAULT_FOLDER_IMG_SIZE = 224

@@ -43,6 +43,11 @@ class EpochStats:
     wall_seconds: float = 0.0  # the whole pass, loading included
     stopped: bool = False  # a callback asked to stop
 
+    def add(self, step: StepOutcome) -> None:
+        self.lr = step.lr
+        self.images += step.images
+        self.seconds += step.seconds
+
 
 def train_one_epoch(run: Run, state: TrainState) -> EpochStats:
     """Train from ``state.step_in_epoch`` to the end of ``state.epoch`` (or until a callback asks to stop)."""
@@ -54,7 +59,7 @@ def train_one_epoch(run: Run, state: TrainState) -> EpochStats:
     t_epoch = time.perf_counter()
     for images, labels in run.loader:
         step = train_step(run, state, images, labels)
-        stats.lr, stats.images, stats.seconds = step.lr, stats.images + step.images, stats.seconds + step.seconds
+        stats.add(step)
         run.callbacks.on_step_end(run, state, step)
         if step.stop:
             stats.stopped = True
@@ -190,7 +195,7 @@ def end_of_epoch(run: Run, state: TrainState, stats: EpochStats, teacher: Teache
 
 
 @dataclass
-class TestReport:
+class FinalTestReport:
     """The final model (and the teacher) on the test split."""
 
     metrics: dict[str, float]  # test_* keys
@@ -198,8 +203,8 @@ class TestReport:
     counts: EvalCounts
 
 
-def final_test(run: Run, batches: Batches) -> TestReport:
+def final_test(run: Run, batches: Batches) -> FinalTestReport:
     """The student after training on the test split, with the teacher's accuracy and agreement there."""
     teacher = evaluate_teacher(run, batches, "teacher_test_")
     counts, metrics = evaluate_model(run, run.model, batches, "test_", teacher)
-    return TestReport(metrics, teacher.metrics, counts)
+    return FinalTestReport(metrics, teacher.metrics, counts)

@@ -31,7 +31,7 @@ Schedule = Callable[[int], float]  # global step -> learning rate
 
 @dataclass(frozen=True)
 class Settings:
-    """The few plain values the loop itself needs (the callbacks get theirs when they are built)."""
+    """The plain values the loop (and any callback) may read; a callback's own options are given when it is built."""
 
     epochs: int
     steps_per_epoch: int
@@ -79,39 +79,30 @@ class Callback:
         """Always, also when training raised: release what ``on_train_start`` took."""
 
 
+def _each(hook: str) -> Callable[..., None]:
+    """A hook of :class:`Callbacks` that calls the same hook of each of its callbacks, in order."""
+
+    def call(self: Callbacks, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args)
+
+    call.__name__ = hook
+    return call
+
+
 class Callbacks(Callback):
-    """Calls each callback in order: later ones see what earlier ones did (a stop request, the best accuracy)."""
+    """The run's callbacks as one: in order, so later ones see what earlier ones did (a stop, the best accuracy)."""
 
     def __init__(self, callbacks: list[Callback]) -> None:
         self.callbacks = callbacks
 
-    def on_train_start(self, run: Run, state: TrainState) -> None:
-        for c in self.callbacks:
-            c.on_train_start(run, state)
-
-    def on_epoch_start(self, run: Run, state: TrainState) -> None:
-        for c in self.callbacks:
-            c.on_epoch_start(run, state)
-
-    def on_step_end(self, run: Run, state: TrainState, step: StepOutcome) -> None:
-        for c in self.callbacks:
-            c.on_step_end(run, state, step)
-
-    def on_epoch_steps_end(self, run: Run, state: TrainState) -> None:
-        for c in self.callbacks:
-            c.on_epoch_steps_end(run, state)
-
-    def on_epoch_end(self, run: Run, state: TrainState, row: dict[str, Any]) -> None:
-        for c in self.callbacks:
-            c.on_epoch_end(run, state, row)
-
-    def on_diverged(self, run: Run, state: TrainState) -> None:
-        for c in self.callbacks:
-            c.on_diverged(run, state)
-
-    def on_train_end(self, run: Run, state: TrainState) -> None:
-        for c in self.callbacks:
-            c.on_train_end(run, state)
+    on_train_start = _each("on_train_start")
+    on_epoch_start = _each("on_epoch_start")
+    on_step_end = _each("on_step_end")
+    on_epoch_steps_end = _each("on_epoch_steps_end")
+    on_epoch_end = _each("on_epoch_end")
+    on_diverged = _each("on_diverged")
+    on_train_end = _each("on_train_end")
 
 
 @dataclass
