@@ -184,20 +184,20 @@ def test_resume_after_a_crash_during_the_end_of_epoch_evaluation(tmp_path: Path,
     """The last step's checkpoint says 'epoch 0, all steps done'; resuming must evaluate, log and go on."""
     import importlib
 
-    train_module = importlib.import_module("deitlab.engine.train")  # the module (the package exports a function)
+    loop_module = importlib.import_module("deitlab.engine.loop")  # where the end-of-epoch evaluation lives
 
     extra = ("train.checkpoint_every_steps=4", "train.keep_last=20")
     train(_cfg(tmp_path, *extra, name="full"))
-    real = train_module.evaluate
+    real = loop_module.evaluate
 
     def crash(*a, **k):  # noqa: ANN002, ANN003
         raise RuntimeError("killed during evaluation")
 
-    monkeypatch.setattr(train_module, "evaluate", crash)
+    monkeypatch.setattr(loop_module, "evaluate", crash)
     with pytest.raises(RuntimeError, match="killed during evaluation"):
         train(_cfg(tmp_path, *extra, name="crashed"))
     assert read_manifest(tmp_path / "crashed")[-1].step == 8  # epoch 0 is 8 steps: all done, not evaluated
-    monkeypatch.setattr(train_module, "evaluate", real)
+    monkeypatch.setattr(loop_module, "evaluate", real)
     result = train(build_config(overrides=[f"train.resume={tmp_path / 'crashed'}", "train.epochs=2",
                                            "train.progress=false"]))  # fmt: skip
     assert [r["epoch"] for r in result.history] == [0, 1]

@@ -11,8 +11,8 @@ import yaml
 
 from deitlab.config import config_from_dict
 from deitlab.data import EvalAugment, load_dataset
+from deitlab.engine.builders import check_precision, eval_batches, resolve_device
 from deitlab.engine.evaluate import evaluate, summarize
-from deitlab.engine.setup import check_precision, eval_batches, resolve_device
 from deitlab.errors import CheckpointError, ConfigError
 from deitlab.io import read_checkpoint
 from deitlab.models import create_model

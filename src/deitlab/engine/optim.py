@@ -10,6 +10,8 @@ from torch import nn
 from deitlab.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "sgd")
+# DeiT's linear scaling rule (DeiT §6, main.py): lr is given for a global batch of 512 images.
+LR_REFERENCE_BATCH = 512
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -49,9 +51,9 @@ def build_optimizer(
     raise ConfigError(f"optimizer {name!r} is not one of {OPTIMIZERS}")
 
 
-def scaled_lr(lr: float, batch_size: int, *, world_size: int = 1, reference: int = 512) -> float:
+def scaled_lr(lr: float, global_batch: int) -> float:
     """DeiT's linear scaling rule: ``lr × global_batch / 512``."""
-    return lr * batch_size * world_size / reference
+    return lr * global_batch / LR_REFERENCE_BATCH
 
 
 def lr_at(step: int, *, base_lr: float, total_steps: int, warmup_steps: int, warmup_lr: float, min_lr: float) -> float:
@@ -67,5 +69,6 @@ def lr_at(step: int, *, base_lr: float, total_steps: int, warmup_steps: int, war
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every parameter group to ``lr`` (the schedule's value for this step)."""
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -13,13 +13,17 @@ from deitlab.io import atomic_write_bytes
 
 
 class RunLog:
-    """Epoch records of one run. On resume, records of epochs that will be re-run are dropped."""
+    """Epoch records of one run, kept in memory and rewritten to disk (when ``enabled``) after every change."""
 
-    def __init__(self, run_dir: Path, *, start_epoch: int = 0, enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path, *, enabled: bool = True) -> None:
         self.run_dir = run_dir
         self.enabled = enabled
         self.rows: list[dict[str, Any]] = []
-        path = run_dir / "log.jsonl"
+
+    def start(self, start_epoch: int) -> None:
+        """Keep the records of epochs before ``start_epoch`` (a resumed run re-runs the rest) and rewrite the files."""
+        self.rows = []
+        path = self.run_dir / "log.jsonl"
         if path.is_file():
             for line in path.read_text().splitlines():
                 try:
@@ -28,7 +32,7 @@ class RunLog:
                     continue  # a line cut by a crash
                 if isinstance(row, dict) and row.get("epoch", math.inf) < start_epoch:
                     self.rows.append(row)
-        if enabled:
+        if self.enabled:
             self._flush()
 
     def append(self, row: dict[str, Any]) -> None:

@@ -1,9 +1,9 @@
-"""Builders that turn a validated :class:`~deitlab.config.Config` into the objects the training loop uses."""
+"""Builders that turn a validated :class:`~deitlab.config.Config` into the objects a run uses: device, data,
+student, teacher, loss, augmentation, loaders, run directory. :func:`deitlab.engine.build.build_run` composes them;
+``deitlab eval`` reuses the device and evaluation-batch helpers."""
 
 from __future__ import annotations
 
-import logging
-import math
 import os
 import time
 from collections.abc import Iterable
@@ -31,10 +31,23 @@ from deitlab.errors import ConfigError
 from deitlab.io import atomic_write_bytes
 from deitlab.models import create_model
 
-log = logging.getLogger(__name__)
+# ImageFolder images come in any size; without model.img_size they are resized to ImageNet's 224 px (DeiT's input).
+DEFAULT_FOLDER_IMG_SIZE = 224
+# Evaluation keeps no activations for backward, so by default it takes twice the training batch.
+EVAL_BATCH_FACTOR = 2
+
+TrainLoader = BatchLoader | StreamLoader
+
+
+def build_device(cfg: Config) -> torch.device:
+    """The device ``train.device`` names, checked to support ``train.precision``."""
+    device = resolve_device(cfg.train.device)
+    check_precision(cfg.train.precision, device)
+    return device
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else the CPU; ``cuda`` without a GPU is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -63,15 +76,14 @@ def _stream(cfg: Config, split: str) -> ImageFolderStream:
         raise ConfigError("data.stream only applies to data.dataset=imagefolder with a data.path")
     if cfg.data.limit_train or cfg.data.limit_eval or cfg.data.pad:
         raise ConfigError("data.limit_train/limit_eval/pad work on in-memory data sets, not with data.stream")
-    return ImageFolderStream(
-        cfg.data.path, split=split, img_size=cfg.model.img_size or 224, bad_images=cfg.data.bad_images
-    )
+    img_size = cfg.model.img_size or DEFAULT_FOLDER_IMG_SIZE
+    return ImageFolderStream(cfg.data.path, split=split, img_size=img_size, bad_images=cfg.data.bad_images)
 
 
 def _read(cfg: Config, split: str, img_size: int | None) -> ImageSet:
     kw: dict = {}
     if cfg.data.dataset == "imagefolder":
-        kw = dict(bad_images=cfg.data.bad_images, img_size=img_size or 224)
+        kw = dict(bad_images=cfg.data.bad_images, img_size=img_size or DEFAULT_FOLDER_IMG_SIZE)
     data = load_dataset(cfg.data.dataset, split=split, root=cfg.data.path, val_fraction=cfg.data.val_fraction, **kw)
     if cfg.data.pad:
         p = cfg.data.pad
@@ -165,7 +177,7 @@ def build_augment(cfg: Config, data: Data) -> tuple[TrainAugment, EvalAugment, M
     return train, evaluation, mix
 
 
-def build_train_loader(cfg: Config, data: Data, *, rank: int, world_size: int, mixing: bool = False) -> BatchLoader:
+def build_train_loader(cfg: Config, data: Data, *, rank: int, world_size: int, mixing: bool = False) -> TrainLoader:
     if cfg.data.batch_size % world_size:
         raise ConfigError(
             f"data.batch_size={cfg.data.batch_size} (the global batch) is not divisible by the {world_size} "
@@ -244,14 +256,3 @@ def create_run_dir(run_dir: Path, cfg: Config, *, is_main: bool) -> None:
         atomic_write_bytes(run_dir / "config.yaml", dump_yaml(cfg).encode())
     except OSError as e:
         raise ConfigError(f"cannot write to output dir {run_dir}: {e.strerror or e}") from None
-
-
-def steps_per_epoch_or_error(loader: BatchLoader) -> int:
-    n = len(loader)
-    if n < 1:
-        raise ConfigError("an epoch has no full batch; lower data.batch_size")
-    return n
-
-
-def warmup_steps(cfg: Config, steps_per_epoch: int) -> int:
-    return int(math.ceil(cfg.optim.warmup_epochs * steps_per_epoch))

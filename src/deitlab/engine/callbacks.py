@@ -1,0 +1,142 @@
+"""The side jobs of a run, each a :class:`~deitlab.engine.run.Callback`: stop requests, progress, logs, files.
+
+Only rank 0 writes files; every rank takes part in the collectives (stop flag, checkpoint barrier).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from tqdm import tqdm
+
+from deitlab.engine.checkpoint import save_resume
+from deitlab.engine.distributed import barrier, broadcast_flag
+from deitlab.engine.run import Callback, Run, StepOutcome
+from deitlab.engine.state import TrainState
+from deitlab.io import save_weights
+
+log = logging.getLogger(__name__)
+
+
+class StopOnSignal(Callback):
+    """SIGINT/SIGTERM -> finish the current step, checkpoint (the :class:`Checkpointer` after it), exit cleanly.
+
+    A second Ctrl-C means "now". Outside the main thread no handler can be installed: no graceful stop.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.stopped = False
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stop requested: finishing this step and writing a checkpoint")
+
+    def on_train_start(self, run: Run, state: TrainState) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def on_step_end(self, run: Run, state: TrainState, step: StepOutcome) -> None:
+        step.stop = broadcast_flag(self.requested, run.dist)  # every rank stops at the same step
+        self.stopped = self.stopped or step.stop
+
+    def on_train_end(self, run: Run, state: TrainState) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+        if self.stopped:
+            log.info("stopped at step %d; continue with: deitlab train --resume %s", state.global_step, run.run_dir)
+
+
+class Checkpointer(Callback):
+    """Resume checkpoints: every ``every_steps`` steps (0: never mid-epoch), at a stop, at epoch ends, and the
+    last good state when the run diverges. Keeps the newest ``keep_last`` files."""
+
+    def __init__(self, *, every_steps: int, keep_last: int) -> None:
+        self.every_steps = every_steps
+        self.keep_last = keep_last
+
+    def save(self, run: Run, state: TrainState) -> None:
+        if run.dist.is_main:
+            save_resume(
+                run.run_dir, state.capture(run), epoch=state.epoch, step=state.global_step, keep_last=self.keep_last
+            )
+        barrier(run.dist)
+
+    def on_step_end(self, run: Run, state: TrainState, step: StepOutcome) -> None:
+        if step.stop or (self.every_steps and state.global_step % self.every_steps == 0):
+            self.save(run, state)
+
+    def on_epoch_end(self, run: Run, state: TrainState, row: dict[str, Any]) -> None:
+        self.save(run, state)
+
+    def on_diverged(self, run: Run, state: TrainState) -> None:
+        self.save(run, state)  # skipped steps changed no weights: this is the last good state
+
+
+class WeightFiles(Callback):
+    """``best.safetensors`` when the evaluated accuracy improves (tracked in ``state.best``), and after every
+    epoch ``model.safetensors`` (latest weights) and ``ema.safetensors`` (the EMA, when there is one)."""
+
+    def on_epoch_end(self, run: Run, state: TrainState, row: dict[str, Any]) -> None:
+        epoch = row["epoch"]
+        if "acc" in row and row["acc"] > state.best:
+            state.best = row["acc"]
+            if run.dist.is_main:
+                save_weights(run.model, run.run_dir / "best.safetensors", extra={"epoch": epoch, "acc": state.best})
+        if run.dist.is_main:
+            save_weights(run.model, run.run_dir / "model.safetensors", extra={"epoch": epoch})
+            if run.ema is not None:
+                save_weights(run.ema.module, run.run_dir / "ema.safetensors", extra={"epoch": epoch})
+
+
+class EpochLog(Callback):
+    """One record per epoch: ``log.jsonl`` + ``summary.csv`` (:class:`~deitlab.engine.runlog.RunLog`) and a
+    log line when the epoch was evaluated."""
+
+    def on_train_start(self, run: Run, state: TrainState) -> None:
+        run.log.start(state.epoch)  # drops the records of epochs a resumed run will redo
+
+    def on_epoch_end(self, run: Run, state: TrainState, row: dict[str, Any]) -> None:
+        if "acc" in row:
+            log.info(
+                "epoch %d/%d  loss %.4f  %s %.2f%%  %.0f img/s", row["epoch"] + 1, run.settings.epochs,
+                row["train_loss"], run.data.eval.name, row["acc"], row["img_per_s"],
+            )  # fmt: skip
+        run.log.append(row)
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch on an interactive terminal (rank 0 only); shows the loss and learning rate."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: tqdm | None = None
+
+    def on_epoch_start(self, run: Run, state: TrainState) -> None:
+        if self.enabled:
+            self._bar = tqdm(total=run.settings.steps_per_epoch, initial=state.step_in_epoch, leave=False,
+                             desc=f"epoch {state.epoch + 1}/{run.settings.epochs}", dynamic_ncols=True)  # fmt: skip
+
+    def on_step_end(self, run: Run, state: TrainState, step: StepOutcome) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{float(step.parts.total.detach()):.3f}", lr=f"{step.lr:.2e}", refresh=False)
+            self._bar.update()
+
+    def on_epoch_steps_end(self, run: Run, state: TrainState) -> None:
+        self._close()
+
+    def on_train_end(self, run: Run, state: TrainState) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
