@@ -114,7 +114,7 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
         self.blocks = blocks
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
-        self.reset_classifier(num_classes)
+        self._new_heads(num_classes)
         self.init_weights()
 
     @property
@@ -125,15 +125,21 @@ class VisionTransformer(nn.Module):
     def _prefix_tokens(self) -> list[nn.Parameter]:
         return [self.cls_token, self.dist_token] if self.distilled else [self.cls_token]
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head(s) with freshly initialised ones for ``num_classes`` outputs (0: identity)."""
+    def _new_heads(self, num_classes: int) -> None:
         if not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes={num_classes!r} must be a non-negative integer")
         self.num_classes = num_classes
-        for name in ("head", "head_dist") if self.distilled else ("head",):
-            head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-            init_modules(head, INIT_RULES)
-            setattr(self, name, head)
+        for name in self._head_names():
+            setattr(self, name, nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity())
+
+    def _head_names(self) -> tuple[str, ...]:
+        return ("head", "head_dist") if self.distilled else ("head",)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head(s) with freshly initialised ones for ``num_classes`` outputs (0: identity)."""
+        self._new_heads(num_classes)
+        for name in self._head_names():
+            init_modules(getattr(self, name), INIT_RULES)
 
     def init_weights(self) -> None:
         """DeiT/timm init: tokens and position embeddings trunc-normal(0.02); Linear trunc-normal(0.02), zero
