@@ -13,6 +13,8 @@ SDPA vs 19.9 ms explicit; bf16 77.8 ms vs 18.3 ms), and SDPA everywhere else (in
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,21 +98,12 @@ class ReAttention(Attention):
     """
 
     def __init__(
-        self,
-        dim: int,
-        *,
-        num_heads: int,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        transform_scale: bool = False,
-        attn_impl: str = "explicit",
+        self, dim: int, *, num_heads: int, transform_scale: bool = False, attn_impl: str = "explicit", **kwargs: Any
     ) -> None:
+        """``kwargs``: ``qkv_bias``, ``attn_drop``, ``proj_drop``, as for :class:`Attention`."""
         if attn_impl == "sdpa":
             raise ValueError("re-attention mixes the attention maps, so it cannot use attn_impl='sdpa'")
-        super().__init__(
-            dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, attn_impl="explicit"
-        )
+        super().__init__(dim, num_heads=num_heads, attn_impl="explicit", **kwargs)
         self.reatten_matrix = nn.Conv2d(num_heads, num_heads, kernel_size=1)  # Θ, mixes the heads' maps
         self.var_norm = nn.BatchNorm2d(num_heads)
         self.reatten_scale = self.scale if transform_scale else 1.0

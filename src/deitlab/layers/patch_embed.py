@@ -1,8 +1,8 @@
 """Image -> token stems: the ViT patchify stem, the ViT_C convolutional stem, DeepViT's CNN embedding.
 
 Every stem maps ``(B, C, H, W)`` to ``(B, N, D)`` tokens and exposes ``img_size``, ``patch_size`` (its
-total stride), ``grid_size`` and ``num_patches``; the final projection is always called ``proj`` so that
-timm-style keys (``patch_embed.proj.weight``) stay stable across stems.
+total stride), ``grid_size``, ``num_patches``, ``in_chans`` and ``embed_dim`` (D); the final projection is always
+called ``proj`` so that timm-style keys (``patch_embed.proj.weight``) stay stable across stems.
 """
 
 from __future__ import annotations
@@ -24,9 +24,13 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
 
 
 class _TokenStem(nn.Module):
-    """Shared bookkeeping: grid geometry, input checks, (B, D, h, w) -> (B, N, D)."""
+    """Shared bookkeeping: channels and grid geometry, input checks, (B, D, h, w) -> (B, N, D)."""
 
-    def _init_geometry(self, img_size: int | Sequence[int], patch_size: int) -> None:
+    def _init_geometry(self, img_size: int | Sequence[int], patch_size: int, in_chans: int, embed_dim: int) -> None:
+        for arg, value in dict(in_chans=in_chans, embed_dim=embed_dim).items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{arg}={value!r} must be a positive integer")
+        self.in_chans, self.embed_dim = in_chans, embed_dim
         self.img_size = _pair(img_size)
         self.patch_size = patch_size
         bad = [s for s in self.img_size if s % patch_size or s <= 0]
@@ -56,8 +60,7 @@ class PatchEmbed(_TokenStem):
 
     def __init__(self, *, img_size: int | Sequence[int], patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__()
-        self._init_geometry(img_size, patch_size)
-        self.in_chans = in_chans
+        self._init_geometry(img_size, patch_size, in_chans, embed_dim)
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,8 +107,7 @@ class ConvStem(_TokenStem):
                 f"conv stem needs equally long, non-empty kernels/strides/channels, got "
                 f"kernels={list(kernels)}, strides={list(strides)}, channels={list(channels)}"
             )
-        self._init_geometry(img_size, prod(strides))
-        self.in_chans = in_chans
+        self._init_geometry(img_size, prod(strides), in_chans, embed_dim)
         layers: list[nn.Module] = []
         c_in = in_chans
         for k, s, c in zip(kernels, strides, channels):
@@ -132,8 +134,7 @@ class CnnPatchEmbed(_TokenStem):
         super().__init__()
         if patch_size % 2:
             raise ValueError(f"the CNN patch embedding needs an even patch_size, got {patch_size}")
-        self._init_geometry(img_size, patch_size)
-        self.in_chans = in_chans
+        self._init_geometry(img_size, patch_size, in_chans, embed_dim)
         self.conv1 = nn.Conv2d(in_chans, width, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = nn.Conv2d(width, width, kernel_size=3, stride=1, padding=1, bias=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ def register_model(
 ) -> Any:
     """Register ``builder`` under ``name`` (default: its ``__name__``) with default keyword arguments.
 
-    Works as a plain call, ``register_model(VisionTransformer, name="deit_tiny_patch16_224", embed_dim=192)``,
+    Works as a plain call, ``register_model(vit, name="deit_tiny_patch16_224", embed_dim=192, num_heads=3)``,
     and as a decorator on a builder function, ``@register_model`` or ``@register_model(family="regnet")``.
     Registering a name twice is an error.
     """
@@ -83,9 +84,20 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def builder_arguments(builder: Builder) -> list[str]:
-    """Keyword arguments a builder accepts (for error messages and config validation)."""
-    params = inspect.signature(builder).parameters.values()
-    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    """Keyword arguments a builder accepts (for error messages and config validation).
+
+    Its named parameters, plus the keys of a ``**kwargs: Unpack[SomeTypedDict]`` (PEP 692): that is how the ViT
+    builders share the arguments every ViT takes. A ``**kwargs`` without such an annotation accepts nothing more.
+    """
+    names: list[str] = []
+    for p in inspect.signature(builder).parameters.values():
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+        elif p.kind is p.VAR_KEYWORD:
+            unpacked = typing.get_args(typing.get_type_hints(builder, include_extras=True).get(p.name))
+            if unpacked and typing.is_typeddict(unpacked[0]):  # Unpack[TD] -> (TD,)
+                names += [k for k in unpacked[0].__annotations__ if k not in names]
+    return names
 
 
 def create_model(name: str, *, checkpoint: str | Path | None = None, **overrides: Any) -> nn.Module:

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from deitlab.layers import DropPath, drop_path_schedule
+from deitlab.layers import DropPath, drop_path_schedule, he_fan_out, init_modules, normal, unit_norm
 from deitlab.models._registry import register_model
 
 STEM_STRIDES = (1, 2)
+HEAD_STD = 0.01  # normal std of the classifier's weights (pycls/timm)
 
 
 @dataclass(frozen=True)
@@ -241,18 +242,7 @@ class RegNet(nn.Module):
         """timm/pycls init: convs normal(0, sqrt(2 / fan_out)) with fan_out = k·k·out/groups and zero bias (SE
         convs included); BN weight 1, bias 0 (the last BN of each block 0 with ``zero_init_last``); Linear
         normal(0, 0.01), zero bias."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_modules(self, {nn.Conv2d: he_fan_out, nn.BatchNorm2d: unit_norm, nn.Linear: normal(HEAD_STD)})
         if zero_init_last:
             for m in self.modules():
                 if isinstance(m, YBlock):
@@ -291,9 +281,7 @@ class RegNet(nn.Module):
             if num_classes > 0
             else nn.Identity()
         )
-        if isinstance(self.head.fc, nn.Linear):
-            nn.init.normal_(self.head.fc.weight, 0.0, 0.01)
-            nn.init.zeros_(self.head.fc.bias)
+        init_modules(self.head.fc, {nn.Linear: normal(HEAD_STD)})
 
 
 # ---- RegNetY variants (timm ``model_cfgs``; the number is 10^8 FLOPs at 224 px) -------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deitlab.layers import DropPath, drop_path_schedule
+from deitlab.layers import DropPath, drop_path_schedule, he_fan_out, init_modules
 from deitlab.models._registry import register_model
 
 
@@ -81,9 +81,7 @@ class ResNet9(nn.Module):
         self.num_features = 8 * width
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_modules(self, {nn.Conv2d: he_fan_out})  # the Linear head keeps PyTorch's default
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer3(self.layer2(self.layer1(self.prep(x))))  # (B, 8w, H/8, W/8)
