@@ -36,7 +36,9 @@ class DistillConfig:
     type: str = "none"  # none | soft | hard
     alpha: float = 0.5
     tau: float = 1.0
-    reduction: str = "deit"  # deit (sum / numel, official code) | batchmean (timm)
+    # soft KD's KL reduction: auto (deit for a student with a distillation token, batchmean for one without) |
+    # deit (sum / (batch x classes), the official code) | batchmean (sum / batch: Hinton's KD, timm)
+    reduction: str = "auto"
     teacher_label_smoothing: float = 0.0
 
 
@@ -108,6 +110,13 @@ class TrainConfig:
     max_nonfinite: int = 10  # consecutive non-finite steps before the run stops
     progress: bool = True
     deterministic: bool = False
+    headline_weights: str = "raw"  # raw | ema: whose top-1 results.json's headline quotes (ema needs train.ema)
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 50  # one steps.jsonl row every this many optimizer steps (rank 0; 0 = off)
+    tensorboard: bool = False  # TensorBoard scalars in <run>/tensorboard (needs: pip install 'deitlab[tensorboard]')
 
 
 @dataclass
@@ -119,6 +128,7 @@ class Config:
     aug: AugConfig = field(default_factory=AugConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -161,11 +171,12 @@ ALIASES: dict[str, str] = {
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "distill.type": ("none", "soft", "hard"),
-    "distill.reduction": ("deit", "batchmean"),
+    "distill.reduction": ("auto", "deit", "batchmean"),
     "optim.name": ("adamw", "sgd"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.fusion": ("logits", "softmax"),
+    "train.headline_weights": ("raw", "ema"),
     "data.bad_images": ("error", "skip"),
     "data.eval_split": ("val", "test"),
     "aug.interpolation": ("bilinear", "bicubic"),
@@ -200,6 +211,7 @@ def changed_keys(cfg: Config, reference: Config | None = None) -> dict[str, Any]
 RESUMABLE_KEYS = frozenset({
     "train.resume", "train.epochs", "train.progress", "train.checkpoint_every_steps", "train.keep_last",
     "train.threads", "train.device", "train.eval_every", "train.max_nonfinite", "data.path", "teacher.path",
+    "train.headline_weights", "log.every_steps", "log.tensorboard",
 })  # fmt: skip
 
 
@@ -230,6 +242,7 @@ def validate(cfg: Config) -> None:
         ("train.max_nonfinite", cfg.train.max_nonfinite, cfg.train.max_nonfinite >= 1, ">= 1"),
         ("train.checkpoint_every_steps", cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_steps >= 0,
          ">= 0 (0 = epoch ends only)"),
+        ("log.every_steps", cfg.log.every_steps, cfg.log.every_steps >= 0, ">= 0 (0 = no step log)"),
     ]  # fmt: skip
     if cfg.data.eval_batch_size is not None:
         checks.append(("data.eval_batch_size", cfg.data.eval_batch_size, cfg.data.eval_batch_size >= 1, ">= 1"))
@@ -246,6 +259,8 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+    if cfg.train.headline_weights == "ema" and not cfg.train.ema:
+        raise ConfigError("train.headline_weights='ema' needs an EMA: set train.ema=true (--model-ema) or use raw")
     if cfg.distill.type != "none" and not (cfg.teacher.model or cfg.teacher.path):
         raise ConfigError(
             f"distill.type={cfg.distill.type!r} needs a teacher: set teacher.path (--teacher-path) "

@@ -29,13 +29,23 @@ from deitlab.engine.builders import (
     eval_batches,
     resolve_run_dir,
 )
-from deitlab.engine.callbacks import Checkpointer, EpochLog, ProgressBar, StopOnSignal, WeightFiles
+from deitlab.engine.callbacks import (
+    Checkpointer,
+    EpochLog,
+    ProgressBar,
+    StepLog,
+    StopOnSignal,
+    TensorBoardLog,
+    WeightFiles,
+    check_tensorboard,
+)
 from deitlab.engine.checkpoint import load_resume
 from deitlab.engine.distributed import DistInfo
 from deitlab.engine.ema import ModelEma
 from deitlab.engine.optim import build_optimizer, lr_at, scaled_lr
 from deitlab.engine.run import Batches, Callbacks, Run, Schedule, Settings
 from deitlab.engine.runlog import RunLog
+from deitlab.engine.scaler import StepScaler
 
 # The augmentation stream is seeded apart from torch's global one (seed + rank). Multiplying by a prime (the
 # 1000th) keeps ``seed * 7919 + rank`` distinct for every (seed, rank) pair with fewer than 7919 processes.
@@ -47,6 +57,8 @@ FUSION_HEADS = {"logits": "fused", "softmax": "fused_softmax"}
 def build_run(cfg: Config, *, device: torch.device, dist: DistInfo) -> Run:
     """Build everything a training run needs from ``cfg`` (merged with its checkpoint when resuming)."""
     resume, cfg = _resume(cfg)
+    if cfg.log.tensorboard and dist.is_main:
+        check_tensorboard()  # before anything is built: a missing package is a one-line error, not a lost log
     _seed_process(cfg, dist)
     run_dir = resolve_run_dir(cfg, is_main=dist.is_main)
     data = build_data(cfg)
@@ -68,7 +80,8 @@ def build_run(cfg: Config, *, device: torch.device, dist: DistInfo) -> Run:
         schedule=_schedule(cfg, settings), train_aug=train_aug, eval_aug=eval_aug,
         mixup=mixup if mixup is not None else _no_mixing, aug_gen=aug_gen, loader=loader, eval_batches=eval_set,
         test_batches=test_set, ema=ema, settings=settings, log=RunLog(run_dir, enabled=dist.is_main),
-        callbacks=_callbacks(cfg, dist), resume=resume,
+        scaler=StepScaler(device.type, enabled=cfg.train.precision == "fp16"), callbacks=_callbacks(cfg, dist),
+        resume=resume,
     )  # fmt: skip
 
 
@@ -108,6 +121,7 @@ def _settings(cfg: Config, *, steps_per_epoch: int) -> Settings:
         epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch, precision=cfg.train.precision,
         main_head=FUSION_HEADS[cfg.train.fusion], eval_every=cfg.train.eval_every,
         max_nonfinite=cfg.train.max_nonfinite, clip_grad=cfg.optim.clip_grad,
+        headline_weights=cfg.train.headline_weights,
     )  # fmt: skip
 
 
@@ -151,5 +165,14 @@ def _callbacks(cfg: Config, dist: DistInfo) -> Callbacks:
             WeightFiles(),  # before the Checkpointer: it updates state.best, which the checkpoint saves
             EpochLog(),
             Checkpointer(every_steps=cfg.train.checkpoint_every_steps, keep_last=cfg.train.keep_last),
+            *_log_callbacks(cfg, dist),
         ]
     )
+
+
+def _log_callbacks(cfg: Config, dist: DistInfo) -> list[StepLog | TensorBoardLog]:
+    """The step log and TensorBoard, on rank 0 only (the other ranks then pay no host sync for them)."""
+    if not dist.is_main:
+        return []
+    step_log = [StepLog(every_steps=cfg.log.every_steps)] if cfg.log.every_steps else []
+    return step_log + ([TensorBoardLog()] if cfg.log.tensorboard else [])  # after StepLog: it reads step.record
