@@ -112,7 +112,7 @@ def _report(run: Run, last: EpochReport, teacher: TeacherEval, meter: _Throughpu
         train_seconds=meter.seconds, stopped_early=stopped,
         headline=headline(final, run.settings.headline_weights, run.data.eval.name) if final else {},
     )  # fmt: skip
-    if result.headline:
+    if result.headline.get("acc") is not None:
         h = result.headline
         log.info("headline: top-1 %.2f%% on %s with the %s weights (%s)", h["acc"], h["split"], h["weights"], h["key"])
     if run.dist.is_main and not stopped:
