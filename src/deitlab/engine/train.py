@@ -49,6 +49,7 @@ class TrainResult:
     images_per_second: float = 0.0
     train_seconds: float = 0.0
     stopped_early: bool = False
+    splits: dict[str, str | None] = field(default_factory=dict)  # the splits read: {"eval": ..., "test": ...}
 
 
 @dataclass
@@ -108,11 +109,13 @@ def _report(run: Run, last: EpochReport, teacher: TeacherEval, meter: _Throughpu
         run_dir=run.run_dir, history=run.log.rows, final=final, teacher=teacher_metrics, confusion=confusion,
         classes=list(run.data.train.classes), images_per_second=meter.images / max(meter.seconds, MIN_SECONDS),
         train_seconds=meter.seconds, stopped_early=stopped,
+        splits={"eval": run.data.eval_split, "test": run.data.test_split},
     )  # fmt: skip
     if run.dist.is_main and not stopped:
         payload = {"final": final, "teacher": teacher_metrics, "img_per_s": result.images_per_second,
                    "train_seconds": meter.seconds, "classes": result.classes,
-                   "confusion": confusion.tolist() if confusion is not None else None}  # fmt: skip
+                   "confusion": confusion.tolist() if confusion is not None else None,
+                   "splits": result.splits}  # fmt: skip
         atomic_write_bytes(run.run_dir / "results.json", json.dumps(payload, indent=1).encode())
     return result
 
