@@ -131,9 +131,7 @@ class StreamLoader(_EpochBatches):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = self.keyed_batches()
         if batches:
-            yield from torch.utils.data.DataLoader(
-                self.dataset, batch_sampler=batches, num_workers=self.workers, pin_memory=self.pin_memory
-            )
+            yield from _data_loader(self.dataset, batches, self.workers, self.pin_memory)
 
 
 def sequential_batches(dataset: torch.utils.data.Dataset, batch_size: int, *, rank: int = 0, world_size: int = 1,
@@ -141,4 +139,15 @@ def sequential_batches(dataset: torch.utils.data.Dataset, batch_size: int, *, ra
     """Evaluation batches of a per-image ``Dataset``: the unpadded shard ``rank::world_size``, in order."""
     shard = list(range(rank, len(dataset), world_size))
     batches = [shard[i : i + batch_size] for i in range(0, len(shard), batch_size)]
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory)
+    return _data_loader(dataset, batches, workers, pin_memory)
+
+
+def _data_loader(
+    dataset: torch.utils.data.Dataset, batches: list, workers: int, pin: bool
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over fixed batches of keys. Its own generator: every ``iter()`` of a DataLoader draws a worker base
+    seed, which would otherwise come from torch's global RNG and shift it -- a run resumed mid-epoch (one more
+    ``iter()``) would then drop different paths than the uninterrupted run. The crops never use that seed."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin, generator=torch.Generator()
+    )
