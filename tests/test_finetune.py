@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import torch as safetensors_torch
 
 import deitlab
 from deitlab.config import build_config
+from deitlab.data import ImageSet
 from deitlab.distill.teacher import FrozenTeacher, fit_resolution, teacher_input_size
 from deitlab.engine import train
 from deitlab.engine.build import build_run
-from deitlab.engine.builders import build_device
+from deitlab.engine.builders import Data, build_device, build_teacher
 from deitlab.engine.distributed import DistInfo
 from deitlab.errors import CheckpointError
 from deitlab.io import save_weights
@@ -101,6 +103,23 @@ def test_teacher_resolution():
     vit.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[-1]))
     FrozenTeacher(vit, input_size=32)(x)
     assert seen == [32]
+
+
+def test_registry_vit_teacher_keeps_its_own_resolution(tmp_path):
+    """A ViT teacher file without deitlab metadata (a timm/DeiT state dict) is built at its registry size (28 px
+    here) and fed the student's 48 px batches resized, not rebuilt at 48 px with resampled position embeddings."""
+    teacher = deitlab.create_model("deit_micro_patch4_28")  # 28 px, 1 channel, 10 classes
+    safetensors_torch.save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, tmp_path / "t.st")
+    cfg = build_config(overrides=["distill.type=hard", "teacher.model=deit_micro_patch4_28",
+                                  f"teacher.path={tmp_path / 't.st'}"])  # fmt: skip
+    images = torch.zeros(4, 1, 48, 48, dtype=torch.uint8)
+    data = Data(ImageSet(images, torch.arange(4), [str(i) for i in range(10)], (0.5,), (0.5,), "x"), None, None, 48)
+    frozen = build_teacher(cfg, data, torch.device("cpu"))
+    assert frozen.input_size == 28 and frozen.model.pos_embed.shape == teacher.pos_embed.shape
+    assert torch.equal(frozen.model.pos_embed, teacher.pos_embed)
+    assert frozen(torch.randn(2, 1, 48, 48)).shape == (2, 10)
+    cfg.teacher.img_size = 48  # asked for explicitly: built at 48 (position embeddings resampled)
+    assert build_teacher(cfg, data, torch.device("cpu")).input_size is None
 
 
 def _run(tmp_path: Path, name: str, *extra: str):

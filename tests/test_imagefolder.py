@@ -38,19 +38,20 @@ def marked_image(path: Path, size: tuple[int, int] = (400, 300)) -> Path:
 
 
 def layout_folder(root: Path, per_class: int, *, splits=("train", "val"), seed: int = 0) -> Path:
-    """JPEGs of mixed sizes, two classes told apart only by layout: red|blue vs blue|red halves (same colours)."""
+    """JPEGs of mixed sizes, two classes told apart only by layout: red over blue vs blue over red (same colours;
+    a horizontal flip keeps the class)."""
     rng = np.random.default_rng(seed)
     sizes = [(300, 400), (400, 300), (320, 240), (256, 384)]
     for split in splits:
-        for label, cls in enumerate(("lr", "rl")):
+        for label, cls in enumerate(("rb", "br")):
             d = root / split / cls
             d.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
                 w, h = sizes[(i + label) % len(sizes)]
                 img = rng.normal(128, 30, (h, w, 3))
-                left, right = (np.array([200, 40, 40]), np.array([40, 40, 200]))[:: 1 if label == 0 else -1]
-                img[:, : w // 2] = 0.5 * img[:, : w // 2] + 0.5 * left
-                img[:, w // 2 :] = 0.5 * img[:, w // 2 :] + 0.5 * right
+                top, bottom = (np.array([200, 40, 40]), np.array([40, 40, 200]))[:: 1 if label == 0 else -1]
+                img[: h // 2] = 0.5 * img[: h // 2] + 0.5 * top
+                img[h // 2 :] = 0.5 * img[h // 2 :] + 0.5 * bottom
                 Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"{i:03d}.jpg", quality=90)
     return root
 

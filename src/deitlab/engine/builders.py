@@ -32,7 +32,7 @@ from deitlab.distill.losses import DistillationLoss, cross_entropy
 from deitlab.distill.teacher import FrozenTeacher, load_teacher, teacher_input_size
 from deitlab.errors import ConfigError
 from deitlab.io import atomic_write_bytes
-from deitlab.models import create_model, get_model_entry
+from deitlab.models import create_model, get_model_entry, list_models
 from deitlab.models.weights import load_pretrained
 
 # Evaluation keeps no activations for backward, so by default it takes twice the training batch.
@@ -167,8 +167,7 @@ def build_teacher(cfg: Config, data: Data, device: torch.device) -> FrozenTeache
         return None
     model = load_teacher(
         cfg.teacher.model, cfg.teacher.path,
-        num_classes=data.train.num_classes, in_chans=data.train.in_chans,
-        img_size=cfg.teacher.img_size or data.img_size,
+        num_classes=data.train.num_classes, in_chans=data.train.in_chans, img_size=_teacher_build_size(cfg, data),
     )  # fmt: skip
     size = teacher_input_size(model, cfg.teacher.img_size, data.img_size)
     teacher = FrozenTeacher(
@@ -176,6 +175,18 @@ def build_teacher(cfg: Config, data: Data, device: torch.device) -> FrozenTeache
         input_size=size if size != data.img_size else None,
     )  # fmt: skip
     return teacher.to(device)
+
+
+def _teacher_build_size(cfg: Config, data: Data) -> int:
+    """The size a registry teacher without saved settings is built at: ``teacher.img_size``, else the registry
+    model's own (a ViT trained at 224 stays a 224 px model), else the student's. A deitlab checkpoint's saved
+    settings win over this in :func:`load_teacher`; CNNs only record it."""
+    name = cfg.teacher.model
+    if cfg.teacher.img_size:
+        return int(cfg.teacher.img_size)
+    if name and ":" not in name and name in list_models():
+        return get_model_entry(name).img_size
+    return data.img_size
 
 
 def build_criterion(cfg: Config, teacher: FrozenTeacher | None, mixing: bool) -> DistillationLoss:
