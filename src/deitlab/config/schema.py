@@ -22,6 +22,7 @@ class ModelConfig:
     drop_rate: float = 0.0
     channels_last: bool = False  # NHWC weights/activations: faster convolutions (CNN students) on CPU and GPU
     kwargs: dict[str, Any] = field(default_factory=dict)  # any other create_model override
+    finetune: str | None = None  # start from these weights (pos-embed resampled, new head if needed)
 
 
 @dataclass
@@ -29,6 +30,7 @@ class TeacherConfig:
     model: str | None = None  # registry name, timm:<name> or torchvision:<name>; None: from the checkpoint
     path: str | None = None
     channels_last: bool = True
+    img_size: int | None = None  # the teacher's input side; None: its own (a ViT's grid) or the student's
 
 
 @dataclass
@@ -51,7 +53,8 @@ class DataConfig:
     val_fraction: float | None = None
     repeated_aug: int = 1  # DeiT: 3 (helps large batches, hurts small ones)
     bad_images: str = "error"  # error | skip (ImageFolder)
-    stream: bool = False  # ImageFolder too large for memory: decode per batch in DataLoader workers
+    stream: bool | None = None  # ImageFolder: None = in memory when it fits memory_budget_gb, else streamed
+    memory_budget_gb: float | None = None  # None: a quarter of RAM / processes per node
     workers: int = 4  # DataLoader workers when streaming
     pad: int = 0  # zero-pad every image by this many pixels per side at load time (28 -> 32 px with pad=2)
     limit_train: int | None = None  # use only the first N training images (quick runs)
@@ -167,6 +170,8 @@ ALIASES: dict[str, str] = {
     "device": "train.device",
     "model-ema": "train.ema",
     "model-ema-decay": "train.ema_decay",
+    "finetune": "model.finetune",
+    "num-workers": "data.workers",
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -212,6 +217,7 @@ RESUMABLE_KEYS = frozenset({
     "train.resume", "train.epochs", "train.progress", "train.checkpoint_every_steps", "train.keep_last",
     "train.threads", "train.device", "train.eval_every", "train.max_nonfinite", "data.path", "teacher.path",
     "train.headline_weights", "log.every_steps", "log.tensorboard",
+    "data.stream", "data.memory_budget_gb", "data.workers",  # image folders: same pixels in memory or streamed
 })  # fmt: skip
 
 
@@ -246,6 +252,10 @@ def validate(cfg: Config) -> None:
     ]  # fmt: skip
     if cfg.data.eval_batch_size is not None:
         checks.append(("data.eval_batch_size", cfg.data.eval_batch_size, cfg.data.eval_batch_size >= 1, ">= 1"))
+    if cfg.data.memory_budget_gb is not None:
+        checks.append(("data.memory_budget_gb", cfg.data.memory_budget_gb, cfg.data.memory_budget_gb > 0, "> 0 GiB"))
+    if cfg.teacher.img_size is not None:
+        checks.append(("teacher.img_size", cfg.teacher.img_size, cfg.teacher.img_size >= 1, ">= 1 pixel"))
     if cfg.optim.clip_grad is not None:
         checks.append(("optim.clip_grad", cfg.optim.clip_grad, cfg.optim.clip_grad > 0, "> 0 or none"))
     if cfg.aug.crop_scale is not None:

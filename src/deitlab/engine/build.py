@@ -27,6 +27,7 @@ from deitlab.engine.builders import (
     build_train_loader,
     create_run_dir,
     eval_batches,
+    pin_memory,
     resolve_run_dir,
 )
 from deitlab.engine.callbacks import (
@@ -111,7 +112,7 @@ def _build_student(cfg: Config, data: Data, device: torch.device) -> nn.Module:
 def _eval_sets(cfg: Config, data: Data, dist: DistInfo) -> tuple[Batches, Batches | None]:
     """This process's shard of the evaluation split and, when the test split is evaluated at the end, of that."""
     batch_size = cfg.data.eval_batch_size or EVAL_BATCH_FACTOR * cfg.data.batch_size
-    shard = dict(rank=dist.rank, world_size=dist.world_size, workers=cfg.data.workers)
+    shard = dict(rank=dist.rank, world_size=dist.world_size, workers=cfg.data.workers, pin_memory=pin_memory(cfg))
     test = eval_batches(data.test, batch_size, **shard) if data.test is not None else None
     return eval_batches(data.eval, batch_size, **shard), test
 

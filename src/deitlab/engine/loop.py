@@ -220,9 +220,12 @@ def final_test(run: Run, batches: Batches) -> FinalTestReport:
     return FinalTestReport(metrics, teacher.metrics, counts)
 
 
-def headline(metrics: dict[str, float], weights: str, eval_split: str) -> dict[str, Any]:
-    """The number a run quotes: top-1 of ``weights`` (raw | ema) on the test split when it was evaluated, else on
-    the per-epoch evaluation split (named ``eval_split``); says which weights, which split and which metric key."""
-    split, prefix = ("test", "test_") if "test_acc" in metrics else (eval_split, "")
+def headline(
+    metrics: dict[str, float], weights: str, eval_split: str, test_split: str | None = "test"
+) -> dict[str, Any]:
+    """The number a run quotes: top-1 of ``weights`` (raw | ema) on the final test evaluation when there was one
+    (``test_split`` names the split it read: an image folder without test/ reads val/), else on the per-epoch
+    evaluation split (``eval_split``); says which weights, which split and which metric key."""
+    split, prefix = (test_split or "test", "test_") if "test_acc" in metrics else (eval_split, "")
     key = f"{prefix}{'ema_' if weights == 'ema' else ''}acc"
     return {"weights": weights, "split": split, "key": key, "acc": metrics.get(key)}

@@ -51,6 +51,7 @@ class TrainResult:
     images_per_second: float = 0.0
     train_seconds: float = 0.0
     stopped_early: bool = False
+    splits: dict[str, str | None] = field(default_factory=dict)  # the splits read: {"eval": ..., "test": ...}
 
 
 @dataclass
@@ -110,7 +111,10 @@ def _report(run: Run, last: EpochReport, teacher: TeacherEval, meter: _Throughpu
         run_dir=run.run_dir, history=run.log.rows, final=final, teacher=teacher_metrics, confusion=confusion,
         classes=list(run.data.train.classes), images_per_second=meter.images / max(meter.seconds, MIN_SECONDS),
         train_seconds=meter.seconds, stopped_early=stopped,
-        headline=headline(final, run.settings.headline_weights, run.data.eval.name) if final else {},
+        headline=headline(final, run.settings.headline_weights, run.data.eval.name, run.data.test_split)
+        if final
+        else {},
+        splits={"eval": run.data.eval_split, "test": run.data.test_split},
     )  # fmt: skip
     if result.headline.get("acc") is not None:
         h = result.headline
@@ -119,7 +123,8 @@ def _report(run: Run, last: EpochReport, teacher: TeacherEval, meter: _Throughpu
         payload = {"headline": result.headline, "final": final, "teacher": teacher_metrics,
                    "img_per_s": result.images_per_second,
                    "train_seconds": meter.seconds, "classes": result.classes,
-                   "confusion": confusion.tolist() if confusion is not None else None}  # fmt: skip
+                   "confusion": confusion.tolist() if confusion is not None else None,
+                   "splits": result.splits}  # fmt: skip
         atomic_write_bytes(run.run_dir / "results.json", json.dumps(payload, indent=1).encode())
     return result
 
