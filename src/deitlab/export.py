@@ -44,7 +44,7 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 17  # LayerNormalization is an ONNX op from opset 17 on
 TOLERANCE = 1e-4
 MAX_BATCH = 4096  # upper bound of the .pt2 dynamic batch dimension
-INSTALL_HINT = "pip install 'deitlab[export]' (onnx, onnxruntime, onnxscript)"
+INSTALL_HINT = "pip install 'deitlab[export]'"
 QUIET_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")
 
 
@@ -57,8 +57,9 @@ class ExportModule(nn.Module):
             raise ConfigError(f"heads={heads!r} is not one of {', '.join(HEAD_CHOICES)}")
         if heads == "both" and not getattr(model, "distilled", False):
             raise ConfigError("heads='both' needs a distilled model (class + distillation heads); use 'fused'")
-        self.model, self.heads = model.eval(), heads
+        self.model, self.heads = model, heads
         self.fusion = getattr(model, "fusion", "logits")
+        self.eval()  # the wrapper too: exporters restore the wrapper's mode onto everything inside it
 
     @property
     def output_names(self) -> list[str]:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deitlab.errors import CheckpointError, ConfigError
+from deitlab.errors import CheckpointError, ConfigError, DeitlabError
 from deitlab.io import atomic_write_bytes, read_checkpoint
 from deitlab.models import create_model
 from deitlab.predictor import Predictor
@@ -219,6 +219,8 @@ def _from_foreign(lib: str, arch: str, path: str | None) -> Predictor:
         model.load_state_dict(state)
     except ImportError as e:
         raise ConfigError(f"{source} needs the optional package {lib!r} (pip install 'deitlab[timm]'): {e}") from None
+    except DeitlabError:
+        raise
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{source} cannot load {path}: {str(e).splitlines()[0][:300]}") from None
     return Predictor(model, _timm_preprocessing(model), None, source=f"{source}={path}")
