@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head", default="fused", choices=HEADS, help="distilled models: fused heads, class or dist head")
     p.add_argument("--output", default=None, help="also write the predictions to FILE.jsonl or FILE.csv")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
     p.add_argument("--prefer", default="best", choices=("best", "final"), help="run directories: which model")
     p.add_argument("--model-name", default=None, help="registry name, for weights files that do not record it")
 

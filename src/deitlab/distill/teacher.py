@@ -115,7 +115,8 @@ def check_teacher_fits(model: nn.Module, label: str, *, num_classes: int, in_cha
             f"teacher {label} takes {chans}-channel images but the data has {in_chans} channel(s); "
             "use a teacher trained on this data"
         )
-    x = torch.zeros(1, in_chans, img_size, img_size, device=next(model.parameters()).device)
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    x = torch.zeros(1, in_chans, img_size, img_size, device=device)
     try:
         with torch.no_grad():
             out = model.eval()(x)
