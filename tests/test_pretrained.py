@@ -319,3 +319,12 @@ def test_training_writes_model_folders_that_reproduce_evaluation(tmp_path: Path)
         assert [t["prob"] for t in pred.top_k] == pytest.approx(v.tolist(), abs=1e-6)
 
     assert main(["eval", str(run / "model"), "--split", "test"]) == 0  # the folder knows its data set
+
+
+def test_overwriting_a_run_removes_its_model_folders(tmp_path: Path) -> None:
+    from deitlab.engine.builders import create_run_dir
+
+    run = _run_dir(tmp_path)
+    cfg = build_config(overrides=[f"train.output_dir={run}", "train.overwrite=true"])
+    create_run_dir(run, cfg, is_main=True)
+    assert not (run / "model").exists() and not (run / "model_best").exists() and (run / "config.yaml").is_file()
