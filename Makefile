@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,export]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -109,9 +109,9 @@ def test_registry_vit_teacher_keeps_its_own_resolution(tmp_path):
     """A ViT teacher file without deitlab metadata (a timm/DeiT state dict) is built at its registry size (28 px
     here) and fed the student's 48 px batches resized, not rebuilt at 48 px with resampled position embeddings."""
     teacher = deitlab.create_model("deit_micro_patch4_28")  # 28 px, 1 channel, 10 classes
-    safetensors_torch.save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, tmp_path / "t.st")
+    safetensors_torch.save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, tmp_path / "t.safetensors")
     cfg = build_config(overrides=["distill.type=hard", "teacher.model=deit_micro_patch4_28",
-                                  f"teacher.path={tmp_path / 't.st'}"])  # fmt: skip
+                                  f"teacher.path={tmp_path / 't.safetensors'}"])  # fmt: skip
     images = torch.zeros(4, 1, 48, 48, dtype=torch.uint8)
     data = Data(ImageSet(images, torch.arange(4), [str(i) for i in range(10)], (0.5,), (0.5,), "x"), None, None, 48)
     frozen = build_teacher(cfg, data, torch.device("cpu"))

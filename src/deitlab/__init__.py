@@ -8,15 +8,24 @@ from deitlab.models import (
     list_models,
     register_model,
 )
-
-__version__ = "0.1.0"
+from deitlab.predictor import Prediction, Predictor
+from deitlab.preprocess import Preprocessing
+from deitlab.pretrained import from_pretrained, save_pretrained
+from deitlab.sources import resolve_model
+from deitlab.version import __version__
 
 __all__ = [
     "DistilledLogits",
     "DistilledVisionTransformer",
+    "Prediction",
+    "Predictor",
+    "Preprocessing",
     "VisionTransformer",
     "__version__",
     "create_model",
+    "from_pretrained",
     "list_models",
     "register_model",
+    "resolve_model",
+    "save_pretrained",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,7 @@ def run_demo(
     teacher = train(t_cfg)
     log.info("[2/%d] distilled student %s (hard distillation)", 3 if baseline else 2, s_cfg.model.name)
     student = train(s_cfg)
+    _publish_student(out_dir)
     base = None
     if baseline:
         log.info("[3/3] baseline %s without distillation, same budget", b_cfg.model.name)
@@ -136,6 +138,13 @@ def run_demo(
     )  # fmt: skip
     _write_outputs(result)
     return result
+
+
+def _publish_student(out_dir: Path) -> None:
+    """The student's model folders, also at the demo's top level: ``deitlab predict runs/<demo>/model img.png``."""
+    for name in ("model", "model_best"):
+        if (out_dir / "student" / name).is_dir():
+            shutil.copytree(out_dir / "student" / name, out_dir / name, dirs_exist_ok=True)
 
 
 def _write_outputs(r: DemoResult) -> None:

@@ -1,17 +1,18 @@
-"""``deitlab eval CHECKPOINT``: any checkpoint on any data set, per-head accuracies."""
+"""``deitlab eval MODEL``: any run, model folder or checkpoint on any data set, per-head accuracies."""
 
 from __future__ import annotations
 
 import argparse
 
 from deitlab.engine.eval_checkpoint import evaluate_checkpoint
+from deitlab.sources import SOURCE_HELP
 
 NAME = "eval"
 HELP = "evaluate a checkpoint on a data set: per-head top-1/top-5"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a .safetensors file or a run directory")
+    p.add_argument("checkpoint", help=SOURCE_HELP)
     p.add_argument("--data-set", default=None, help="data set name (default: the one the run trained on)")
     p.add_argument("--data-path", default=None)
     p.add_argument("--split", default="test", choices=("train", "val", "test"))

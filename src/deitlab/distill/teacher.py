@@ -1,14 +1,14 @@
 """The teacher: any classifier, frozen — eval mode, no gradients, outside the optimizer and the student.
 
-Teachers come from a deitlab checkpoint (any registry model, CNN or ViT), from a registry name plus a weights
-file (deitlab safetensors, timm state dict or official ``.pth``), or from timm/torchvision when those optional
-packages are installed (``timm:regnety_160``, ``torchvision:resnet50``).
+Teachers come from whatever :func:`deitlab.sources.resolve_model` takes: a run directory, a model folder, a
+deitlab checkpoint (any registry model, CNN or ViT), a registry name plus a weights file (timm state dict or
+official ``.pth``), timm/torchvision architectures with local weights when those optional packages are installed
+(``timm:regnety_160=FILE``, or ``--teacher-model timm:regnety_160 --teacher-path FILE``), or an http(s) URL.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from pathlib import Path
 
@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deitlab.errors import CheckpointError, ConfigError
-from deitlab.io import read_checkpoint
-from deitlab.models import create_model, get_model_entry, list_models
+from deitlab.errors import ConfigError
 from deitlab.models.vit import DistilledLogits
+from deitlab.sources import resolve_model, split_foreign
 
 log = logging.getLogger(__name__)
 
@@ -98,89 +97,82 @@ def fit_resolution(x: torch.Tensor, size: int | None) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
 
 
+def own_input_size(model: nn.Module) -> int | None:
+    """The one input side a model accepts (a ViT's patch grid fixes it), or None (a CNN takes any size)."""
+    own = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if own is None:
+        return None
+    return int(own if isinstance(own, int) else own[0])
+
+
 def teacher_input_size(model: nn.Module, requested: int | None, student_size: int) -> int:
     """The side the teacher's inputs are resized to: ``requested`` (``teacher.img_size``), else the teacher's own
     fixed input size (a ViT's patch grid), else the student's (a CNN takes any size)."""
     if requested is not None:
         return int(requested)
-    own = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if own is not None:
-        own = own if isinstance(own, int) else own[0]
-        if own != student_size:
-            log.info("teacher: a %d px model; it sees the student's %d px images resized to %d px", own, student_size,
-                     own)  # fmt: skip
-        return int(own)
-    return int(student_size)
-
-
-def _from_foreign(name: str, path: str | Path | None, num_classes: int) -> nn.Module:
-    """A timm or torchvision classifier; its weights are read by deitlab (never by pickle-capable loaders)."""
-    lib, _, arch = name.partition(":")
-    try:
-        if lib == "timm":
-            import timm  # optional extra
-
-            model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
-        else:
-            import torchvision  # optional extra
-
-            model = torchvision.models.get_model(arch, num_classes=num_classes)
-    except ImportError as e:
-        raise ConfigError(
-            f"teacher {name!r} needs the optional package {lib!r} (pip install 'deitlab[timm]'): {e}"
-        ) from None
-    except (RuntimeError, ValueError) as e:  # unknown architecture name
-        raise ConfigError(f"teacher {name!r}: {str(e).splitlines()[0]}") from None
-    if path is None:
-        raise ConfigError(f"teacher {name!r} has no weights: pass --teacher-path (a checkpoint trained on this data)")
-    state, _ = read_checkpoint(path)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"teacher {name} cannot load {path}: {str(e).splitlines()[0]}") from None
-    return model
+    own = own_input_size(model)
+    if own is None:
+        return int(student_size)
+    if own != student_size:
+        log.info("teacher: a %d px model; it sees the student's %d px images resized to %d px", own, student_size, own)
+    return own
 
 
 def load_teacher(
     name: str | None, path: str | Path | None, *, num_classes: int, in_chans: int, img_size: int
 ) -> nn.Module:
-    """Build a trained teacher classifier for a dataset with ``num_classes`` classes.
+    """Build a trained teacher classifier for a data set of ``num_classes`` classes, ``in_chans`` channels and
+    ``img_size`` pixels.
 
     Args:
-        name: a registry name, ``timm:<name>`` or ``torchvision:<name>``; optional when ``path`` is a deitlab
-            checkpoint (its metadata names the model).
-        path: the weights. A registry teacher without weights would be random, so it is an error.
-        num_classes, in_chans, img_size: the dataset's; a teacher with another class count is an error.
+        name: a registry name, or ``timm:NAME`` / ``torchvision:NAME``; optional when ``path`` names its model
+            (deitlab checkpoints, model folders and runs do). ``timm:NAME=FILE`` carries its weights itself.
+        path: anything :func:`deitlab.sources.resolve_model` takes: a run, a model folder, a weights file,
+            ``timm:NAME=FILE`` or an http(s) URL. A teacher without weights would be random, so it is an error.
+
+    Raises:
+        ConfigError: no weights, an unknown model, or a teacher that does not fit the data (channels, size,
+            classes) -- one line naming both sides.
+        CheckpointError: weights that cannot be read or do not fit the named architecture.
     """
-    if name and name.startswith(("timm:", "torchvision:")):
-        model = _from_foreign(name, path, num_classes)
-    else:
-        if path is None:
+    if path is None:
+        if name and (split_foreign(name) or (None, None, None))[2]:
+            name, path = None, name  # --teacher-model timm:NAME=FILE
+        elif name:
             raise ConfigError(
-                f"teacher {name!r} has no weights: pass --teacher-path (a checkpoint trained on this dataset)"
-                if name
-                else "a distillation run needs a teacher: pass --teacher-model and/or --teacher-path"
+                f"teacher {name!r} has no weights: pass --teacher-path (a checkpoint, model folder or run trained "
+                f"on this data{', or ' + name + '=FILE' if split_foreign(name) else ''})"
             )
-        state, meta = read_checkpoint(path)
-        saved_name = meta.get("model")
-        name = name or saved_name
-        if not name:
-            raise ConfigError(f"teacher checkpoint {path} does not say which model it is; pass --teacher-model")
-        if name not in list_models():
-            get_model_entry(name)  # raises the unknown-name error with suggestions
-        kwargs = json.loads(meta.get("model_kwargs", "{}")) if name == saved_name else {}
-        head = state.get("head.weight", state.get("head.fc.weight"))
-        ckpt_classes = int(head.shape[0]) if head is not None else num_classes
-        if ckpt_classes != num_classes:
-            raise ConfigError(
-                f"teacher {name} ({path}) predicts {ckpt_classes} classes but the dataset has {num_classes}; "
-                "train or fine-tune a teacher on this dataset"
-            )
-        kwargs.update(num_classes=num_classes)
-        kwargs.setdefault("in_chans", in_chans)
-        kwargs.setdefault("img_size", img_size)
-        model = create_model(name, checkpoint=path, **kwargs)
-    n = getattr(model, "num_classes", num_classes)
-    if n != num_classes:
-        raise ConfigError(f"teacher {name} predicts {n} classes but the dataset has {num_classes}")
+        else:
+            raise ConfigError("a distillation run needs a teacher: pass --teacher-model and/or --teacher-path")
+    model = resolve_model(path, model_name=name, in_chans=in_chans, img_size=img_size).model
+    fit_size = own_input_size(model) or img_size  # a ViT teacher sees resized batches (teacher_input_size)
+    check_teacher_fits(model, name or str(path), num_classes=num_classes, in_chans=in_chans, img_size=fit_size)
     return model
+
+
+def check_teacher_fits(model: nn.Module, label: str, *, num_classes: int, in_chans: int, img_size: int) -> None:
+    """Refuse, in one line, a teacher whose input channels, input size or class count do not fit the data."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    chans = getattr(getattr(model, "patch_embed", None), "in_chans", conv.in_channels if conv is not None else None)
+    if chans is not None and chans != in_chans:
+        raise ConfigError(
+            f"teacher {label} takes {chans}-channel images but the data has {in_chans} channel(s); "
+            "use a teacher trained on this data"
+        )
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    x = torch.zeros(1, in_chans, img_size, img_size, device=device)
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except (RuntimeError, ValueError, AssertionError) as e:
+        raise ConfigError(
+            f"teacher {label} cannot take the data's {in_chans}x{img_size}x{img_size} images "
+            f"({str(e).splitlines()[0][:200]}); use a teacher trained at this size"
+        ) from None
+    logits = out.fused() if isinstance(out, DistilledLogits) else out[0] if isinstance(out, tuple | list) else out
+    if logits.shape[-1] != num_classes:
+        raise ConfigError(
+            f"teacher {label} predicts {logits.shape[-1]} classes but the dataset has {num_classes}; "
+            "train or fine-tune a teacher on this data set"
+        )

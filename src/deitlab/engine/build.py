@@ -8,6 +8,7 @@ loop has no configuration branches. The run directory is created last: a run tha
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import sys
 from typing import Any
@@ -47,6 +48,10 @@ from deitlab.engine.optim import build_optimizer, lr_at, scaled_lr
 from deitlab.engine.run import Batches, Callbacks, Run, Schedule, Settings
 from deitlab.engine.runlog import RunLog
 from deitlab.engine.scaler import StepScaler
+from deitlab.preprocess import COLOR_MODES, Preprocessing
+from deitlab.pretrained import ModelCard
+
+log = logging.getLogger(__name__)
 
 # The augmentation stream is seeded apart from torch's global one (seed + rank). Multiplying by a prime (the
 # 1000th) keeps ``seed * 7919 + rank`` distinct for every (seed, rank) pair with fewer than 7919 processes.
@@ -81,7 +86,7 @@ def build_run(cfg: Config, *, device: torch.device, dist: DistInfo) -> Run:
         schedule=_schedule(cfg, settings), train_aug=train_aug, eval_aug=eval_aug,
         mixup=mixup if mixup is not None else _no_mixing, aug_gen=aug_gen, loader=loader, eval_batches=eval_set,
         test_batches=test_set, ema=ema, settings=settings, log=RunLog(run_dir, enabled=dist.is_main),
-        scaler=StepScaler(device.type, enabled=cfg.train.precision == "fp16"), callbacks=_callbacks(cfg, dist),
+        scaler=StepScaler(device.type, enabled=cfg.train.precision == "fp16"), callbacks=_callbacks(cfg, dist, data),
         resume=resume,
     )  # fmt: skip
 
@@ -158,12 +163,33 @@ def _no_mixing(x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
     return x, labels
 
 
-def _callbacks(cfg: Config, dist: DistInfo) -> Callbacks:
+def model_card(cfg: Config, data: Data) -> ModelCard | None:
+    """What the run's model folders record: the evaluation preprocessing of this run's data (so that any image
+    becomes the tensor the model was evaluated on), the class names, and where the model comes from."""
+    train = data.train
+    if train.in_chans not in COLOR_MODES.values():
+        log.warning("no model folders: predict/export need 1 or 3 channels, the data has %d", train.in_chans)
+        return None
+    pad = cfg.data.pad
+    size = train.img_size if isinstance(train.img_size, tuple) else (train.img_size, train.img_size)
+    prep = Preprocessing(
+        input_size=(train.in_chans, data.img_size, data.img_size), mean=tuple(train.mean), std=tuple(train.std),
+        interpolation=cfg.aug.interpolation, crop_pct=cfg.aug.eval_crop_pct,
+        color_mode="L" if train.in_chans == 1 else "RGB", native_size=(size[0] - 2 * pad, size[1] - 2 * pad), pad=pad,
+    )  # fmt: skip
+    provenance = {
+        "dataset": cfg.data.dataset, "data_path": cfg.data.path, "eval_split": cfg.data.eval_split,
+        "distillation": cfg.distill.type, "teacher": cfg.teacher.path if cfg.distill.type != "none" else None,
+    }  # fmt: skip
+    return ModelCard(prep, list(train.classes), provenance)
+
+
+def _callbacks(cfg: Config, dist: DistInfo, data: Data) -> Callbacks:
     return Callbacks(
         [
             ProgressBar(enabled=cfg.train.progress and dist.is_main and sys.stderr.isatty()),
             StopOnSignal(),  # before the Checkpointer: a stop is checkpointed at the step it happens
-            WeightFiles(),  # before the Checkpointer: it updates state.best, which the checkpoint saves
+            WeightFiles(model_card(cfg, data)),  # before the Checkpointer: it updates state.best, which it saves
             EpochLog(),
             Checkpointer(every_steps=cfg.train.checkpoint_every_steps, keep_last=cfg.train.keep_last),
             *_log_callbacks(cfg, dist),

@@ -5,6 +5,7 @@ student, teacher, loss, augmentation, loaders, run directory. :func:`deitlab.eng
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -316,6 +317,8 @@ def create_run_dir(run_dir: Path, cfg: Config, *, is_main: bool) -> None:
                 (run_dir / stale).unlink(missing_ok=True)
             for f in (run_dir / "checkpoints").glob("ckpt-*.pt"):
                 f.unlink()
+            for folder in ("model", "model_best", "model_ema"):  # the replaced run's model folders
+                shutil.rmtree(run_dir / folder, ignore_errors=True)
         atomic_write_bytes(run_dir / "config.yaml", dump_yaml(cfg).encode())
     except OSError as e:
         raise ConfigError(f"cannot write to output dir {run_dir}: {e.strerror or e}") from None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from deitlab.engine.checkpoint import save_resume
@@ -25,8 +26,12 @@ from deitlab.engine.run import Callback, Run, StepOutcome
 from deitlab.engine.state import TrainState
 from deitlab.errors import ConfigError
 from deitlab.io import atomic_write_bytes, save_weights
+from deitlab.pretrained import CONFIG_NAME, ModelCard, save_pretrained, update_provenance
 
 log = logging.getLogger(__name__)
+
+# The final test's metrics that model/config.json records: the main (fused) top-1, each head's, the main top-5.
+TEST_FACTS = ("test_acc", "test_acc_cls", "test_acc_dist", "test_acc5")
 
 
 class StopOnSignal(Callback):
@@ -90,18 +95,48 @@ class Checkpointer(Callback):
 
 class WeightFiles(Callback):
     """``best.safetensors`` when the evaluated accuracy improves (tracked in ``state.best``), and after every
-    epoch ``model.safetensors`` (latest weights) and ``ema.safetensors`` (the EMA, when there is one)."""
+    epoch ``model.safetensors`` (latest weights) and ``ema.safetensors`` (the EMA, when there is one).
+
+    Given a :class:`~deitlab.pretrained.ModelCard` (the run's preprocessing and class names, as plain values),
+    the same weights are also written as model folders (:func:`deitlab.save_pretrained`): ``model_best/``,
+    ``model/`` and ``model_ema/``, whose provenance records the run, the epoch, raw or EMA weights and the
+    evaluated accuracy; ``model/`` gets the test accuracies once the final test has run.
+    """
+
+    def __init__(self, card: ModelCard | None = None) -> None:
+        self.card = card
 
     def on_epoch_end(self, run: Run, state: TrainState, row: dict[str, Any]) -> None:
         epoch = row["epoch"]
-        if "acc" in row and row["acc"] > state.best:
+        improved = "acc" in row and row["acc"] > state.best
+        if improved:
             state.best = row["acc"]
-            if run.dist.is_main:
-                save_weights(run.model, run.run_dir / "best.safetensors", extra={"epoch": epoch, "acc": state.best})
-        if run.dist.is_main:
-            save_weights(run.model, run.run_dir / "model.safetensors", extra={"epoch": epoch})
-            if run.ema is not None:
-                save_weights(run.ema.module, run.run_dir / "ema.safetensors", extra={"epoch": epoch})
+        if not run.dist.is_main:
+            return
+        if improved:
+            save_weights(run.model, run.run_dir / "best.safetensors", extra={"epoch": epoch, "acc": state.best})
+            self._folder(run, run.model, "model_best", epoch, "raw", row.get("acc"))
+        save_weights(run.model, run.run_dir / "model.safetensors", extra={"epoch": epoch})
+        self._folder(run, run.model, "model", epoch, "raw", row.get("acc"))
+        if run.ema is not None:
+            save_weights(run.ema.module, run.run_dir / "ema.safetensors", extra={"epoch": epoch})
+            self._folder(run, run.ema.module, "model_ema", epoch, "ema", row.get("ema_acc"))
+
+    def _folder(self, run: Run, model: nn.Module, name: str, epoch: int, weights: str, acc: float | None) -> None:
+        if self.card is None:
+            return
+        facts = {"run_dir": str(run.run_dir.resolve()), "epochs_trained": epoch + 1, "weights": weights}
+        if acc is not None:
+            facts["eval_acc"] = round(float(acc), 4)
+        save_pretrained(
+            model, run.run_dir / name, preprocessing=self.card.preprocessing, label_names=self.card.label_names,
+            provenance={**self.card.provenance, **facts},
+        )  # fmt: skip
+
+    def on_test_end(self, run: Run, metrics: dict[str, float]) -> None:
+        if self.card is not None and run.dist.is_main and (run.run_dir / "model" / CONFIG_NAME).is_file():
+            facts = {k: round(float(metrics[k]), 4) for k in TEST_FACTS if k in metrics}
+            update_provenance(run.run_dir / "model", **facts)
 
 
 class EpochLog(Callback):

@@ -1,36 +1,48 @@
-"""``deitlab eval``: any checkpoint on any data set, per-head accuracies."""
+"""``deitlab eval``: any model (run, model folder, weights file) on any data set, per-head accuracies."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from deitlab.config import config_from_dict
-from deitlab.data import EvalAugment, load_dataset
+from deitlab.config import Config, config_from_dict
+from deitlab.data import EvalAugment, ImageSet, load_dataset
 from deitlab.engine.builders import check_precision, eval_batches, resolve_device
 from deitlab.engine.evaluate import evaluate, summarize
-from deitlab.errors import CheckpointError, ConfigError
-from deitlab.io import read_checkpoint
-from deitlab.models import create_model
+from deitlab.errors import ConfigError
+from deitlab.predictor import Predictor
+from deitlab.pretrained import model_input_size
+from deitlab.sources import is_url, resolve_model
 
 
-def _locate(target: Path) -> tuple[Path, dict[str, Any] | None]:
-    """A weights file and, when it sits in a run directory, that run's config."""
-    if target.is_dir():
-        weights = next((target / n for n in ("best.safetensors", "model.safetensors") if (target / n).is_file()), None)
-        if weights is None:
-            raise CheckpointError(f"{target} holds no best.safetensors or model.safetensors to evaluate")
-        run_dir = target
-    elif target.is_file():
-        weights, run_dir = target, target.parent
-    else:
-        raise CheckpointError(f"checkpoint not found: {target}")
-    cfg_path = run_dir / "config.yaml"
-    return weights, (yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else None)
+def _run_config(source: str | Path) -> Config | None:
+    """The config of the run a source sits in (a run directory, or a file or model folder inside one)."""
+    if is_url(str(source)):
+        return None
+    p = Path(source)
+    for d in ([p] if p.is_dir() else []) + [p.parent]:
+        if (d / "config.yaml").is_file():
+            return config_from_dict(yaml.safe_load((d / "config.yaml").read_text()))
+    return None
+
+
+def _transform(src: Predictor, cfg: Config | None, data: ImageSet, same_data: bool) -> tuple[EvalAugment, int]:
+    """The evaluation transform and zero padding: the model's own preprocessing when it records one, else the
+    run's settings (older runs), else timm's defaults with the data's statistics."""
+    prep = src.preprocessing
+    if prep is not None:
+        if data.in_chans != prep.input_size[0]:
+            raise ConfigError(
+                f"{src.source} takes {prep.input_size[0]}-channel images but {data.name} has {data.in_chans}"
+            )
+        return prep.eval_augment(), prep.pad if data.img_size == prep.native else 0
+    _, h, _ = model_input_size(src.model)
+    crop, interp = (cfg.aug.eval_crop_pct, cfg.aug.interpolation) if cfg else (1.0, "bicubic")
+    pad = cfg.data.pad if cfg and same_data else 0
+    return EvalAugment(img_size=h, mean=data.mean, std=data.std, crop_pct=crop, interpolation=interp), pad
 
 
 def evaluate_checkpoint(
@@ -43,42 +55,40 @@ def evaluate_checkpoint(
     precision: str = "fp32",
     model_name: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a deitlab checkpoint (file or run directory) on ``dataset``/``split``.
+    """Evaluate a model on ``dataset``/``split``.
 
-    The model is rebuilt from the checkpoint's metadata (registry name + constructor overrides); checkpoints
-    without metadata (timm, official DeiT) need ``model_name``. Returns the model name, data set, image count
-    and the metrics of :func:`deitlab.engine.evaluate.summarize`.
+    ``checkpoint`` is anything :func:`deitlab.sources.resolve_model` takes; weights files without deitlab
+    metadata (timm, official DeiT) need ``model_name``. The data set defaults to the one the model was trained
+    on (its model folder's provenance, or its run's config). Returns the model name, data set, image count and
+    the metrics of :func:`deitlab.engine.evaluate.summarize`.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size={batch_size} must be >= 1")
-    weights, run_cfg = _locate(Path(checkpoint))
-    cfg = config_from_dict(run_cfg) if run_cfg else None
-    _, meta = read_checkpoint(weights)
-    name = model_name or meta.get("model")
-    if not name:
-        raise ConfigError(f"{weights} does not say which model it holds; pass --model NAME")
-    kwargs = json.loads(meta.get("model_kwargs", "{}")) if name == meta.get("model") else {}
-    dataset = dataset or (cfg.data.dataset if cfg else None)
+    src = resolve_model(checkpoint, model_name=model_name)
+    cfg = _run_config(checkpoint)
+    prov = src.config.get("provenance", {})
+    trained_on = prov.get("dataset") or (cfg.data.dataset if cfg else None)
+    dataset = dataset or trained_on
     if not dataset:
         raise ConfigError("which data set? pass --data-set")
-    data_path = data_path or (cfg.data.path if cfg and dataset == cfg.data.dataset else None)
-    data = load_dataset(dataset, split=split, root=data_path)
-    pad = cfg.data.pad if cfg and dataset == cfg.data.dataset else 0
+    same = dataset == trained_on
+    data_path = data_path or ((prov.get("data_path") or (cfg.data.path if cfg else None)) if same else None)
+    prep = src.preprocessing
+    opts = {"img_size": prep.native[0], "in_chans": prep.input_size[0]} if prep and dataset == "imagefolder" else {}
+    data = load_dataset(dataset, split=split, root=data_path, **opts)
+    n = getattr(src.model, "num_classes", data.num_classes)
+    if n != data.num_classes:
+        raise ConfigError(f"{src.source} predicts {n} classes but {data.name} has {data.num_classes}")
+    transform, pad = _transform(src, cfg, data, same)
     if pad:  # evaluate the way the run saw its data (e.g. Fashion-MNIST zero-padded to 32 px)
         data.images = torch.nn.functional.pad(data.images, (pad, pad, pad, pad))
-    if "num_classes" in kwargs and kwargs["num_classes"] != data.num_classes:
-        raise ConfigError(f"{weights} predicts {kwargs['num_classes']} classes but {data.name} has {data.num_classes}")
-    model = create_model(name, checkpoint=weights, **kwargs)
     device = resolve_device("auto")
     check_precision(precision, device)
-    model.to(device)
-    img_size = int(kwargs.get("img_size", data.img_size[0]))
-    crop = cfg.aug.eval_crop_pct if cfg else 1.0
-    interp = cfg.aug.interpolation if cfg else "bicubic"
-    transform = EvalAugment(img_size=img_size, mean=data.mean, std=data.std, crop_pct=crop, interpolation=interp)
+    model = src.model.to(device)
     with torch.inference_mode():
         counts, _ = evaluate(
             model, eval_batches(data, batch_size), transform, num_classes=data.num_classes, device=device,
             precision=precision,
         )  # fmt: skip
+    name = getattr(model, "model_name", type(model).__name__)
     return {"model": name, "dataset": data.name, "images": counts.n, "metrics": summarize(counts)}

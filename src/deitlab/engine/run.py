@@ -82,6 +82,9 @@ class Callback:
     def on_train_end(self, run: Run, state: TrainState) -> None:
         """Always, also when training raised: release what ``on_train_start`` took."""
 
+    def on_test_end(self, run: Run, metrics: dict[str, float]) -> None:
+        """After the final test of a finished run (``test_*`` metrics), when the run has a test split."""
+
 
 def _each(hook: str) -> Callable[..., None]:
     """A hook of :class:`Callbacks` that calls the same hook of each of its callbacks, in order."""
@@ -107,6 +110,7 @@ class Callbacks(Callback):
     on_epoch_end = _each("on_epoch_end")
     on_diverged = _each("on_diverged")
     on_train_end = _each("on_train_end")
+    on_test_end = _each("on_test_end")
 
 
 @dataclass

@@ -104,6 +104,7 @@ def _report(run: Run, last: EpochReport, teacher: TeacherEval, meter: _Throughpu
     confusion = last.counts.confusion if last.counts is not None else None
     if run.test_batches is not None and not stopped:
         test = final_test(run, run.test_batches)
+        run.callbacks.on_test_end(run, test.metrics)
         final.update(test.metrics)
         teacher_metrics.update(test.teacher_metrics)
         confusion = test.counts.confusion

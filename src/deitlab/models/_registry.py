@@ -10,8 +10,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import os
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -23,6 +24,7 @@ from deitlab.errors import ConfigError
 from deitlab.models.weights import load_checkpoint
 
 Builder = Callable[..., nn.Module]
+PRETRAINED_DIR_ENV = "DEITLAB_PRETRAINED_DIR"
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,48 @@ def get_model_entry(name: str) -> ModelEntry:
         raise _unknown_name_error(name) from None
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered names matching a shell-style ``pattern`` (``*`` alone or ``deit_*``), sorted."""
+def pretrained_dir() -> Path:
+    """Where ``pretrained=True`` looks for weights: ``$DEITLAB_PRETRAINED_DIR``, else ``~/.cache/deitlab/pretrained``.
+
+    deitlab downloads nothing by itself; put a model folder ``<dir>/<name>/`` (``deitlab.save_pretrained``) or a
+    weights file ``<dir>/<name>.safetensors`` there to make ``create_model(name, pretrained=True)`` find it.
+    """
+    return Path(os.environ.get(PRETRAINED_DIR_ENV) or Path.home() / ".cache" / "deitlab" / "pretrained")
+
+
+def local_weights(name: str) -> Path | None:
+    """The weights file of ``name`` under :func:`pretrained_dir`, or ``None``."""
+    root = pretrained_dir()
+    for candidate in (root / name / "model.safetensors", root / f"{name}.safetensors", root / f"{name}.pth"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def list_models(
+    filter: str | Sequence[str] = "*", *, pretrained: bool = False, exclude_filters: str | Sequence[str] = ()
+) -> list[str]:
+    """Registered names matching ``filter``, sorted, as timm's ``list_models``.
+
+    Args:
+        filter: a shell-style pattern (``deit_*``), a plain substring (``distilled``), or a list of them (any).
+        pretrained: only models whose weights are available locally (:func:`pretrained_dir`; deitlab ships
+            none, so this is empty until you put some there).
+        exclude_filters: patterns (or substrings) of names to leave out.
+    """
+    includes = [filter] if isinstance(filter, str) else list(filter)
+    excludes = [exclude_filters] if isinstance(exclude_filters, str) else list(exclude_filters)
+    names = [n for n in _REGISTRY if any(_matches(n, p) for p in includes or ["*"])]
+    names = [n for n in names if not any(_matches(n, p) for p in excludes)]
+    if pretrained:
+        names = [n for n in names if local_weights(n) is not None]
+    return sorted(names)
+
+
+def _matches(name: str, pattern: str) -> bool:
     if any(ch in pattern for ch in "*?["):
-        return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
-    return sorted(n for n in _REGISTRY if pattern in n)
+        return fnmatch.fnmatchcase(name, pattern)
+    return pattern in name
 
 
 def builder_arguments(builder: Builder) -> list[str]:
@@ -100,22 +139,44 @@ def builder_arguments(builder: Builder) -> list[str]:
     return names
 
 
-def create_model(name: str, *, checkpoint: str | Path | None = None, **overrides: Any) -> nn.Module:
-    """Build a registered model, applying ``overrides`` to its defaults, and optionally load a checkpoint.
+def create_model(
+    name: str,
+    pretrained: bool = False,
+    checkpoint_path: str | Path | None = None,
+    *,
+    checkpoint: str | Path | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Build a registered model, applying ``overrides`` to its defaults, and optionally load weights (timm's API).
 
     Args:
         name: a registered name (``deitlab models`` lists them).
-        checkpoint: a deitlab ``.safetensors`` file, a timm state dict or an official DeiT ``.pth``; loaded
-            without executing pickled code. A head of another class count is dropped (with a warning) only when
-            ``num_classes`` is among the overrides; position embeddings are resampled to the model's grid.
+        pretrained: load the weights found for ``name`` under :func:`pretrained_dir` (nothing is downloaded);
+            none there is an error that says what to pass instead.
+        checkpoint_path: a deitlab ``.safetensors`` file, a model folder, a timm state dict or an official DeiT
+            ``.pth``; loaded without executing pickled code. A head of another class count is dropped (with a
+            warning) only when ``num_classes`` is among the overrides; position embeddings are resampled to the
+            model's grid. ``checkpoint`` is the same argument under its older name.
         **overrides: constructor arguments, e.g. ``img_size``, ``num_classes``, ``in_chans``, ``drop_path_rate``.
 
     Raises:
-        ConfigError: (a ``ValueError``) unknown name or unknown override.
+        ConfigError: (a ``ValueError``) unknown name or unknown override, both ``checkpoint`` and
+            ``checkpoint_path``, or ``pretrained=True`` with no local weights.
         ValueError: an override with an invalid value.
         CheckpointError: (a ``ValueError``) a checkpoint that cannot be read or does not fit.
     """
+    if checkpoint is not None and checkpoint_path is not None:
+        raise ConfigError("pass checkpoint_path or checkpoint (its older name), not both")
+    checkpoint_path = checkpoint_path if checkpoint_path is not None else checkpoint
     entry = get_model_entry(name)
+    if pretrained and checkpoint_path is None:
+        checkpoint_path = local_weights(name)
+        if checkpoint_path is None:
+            raise ConfigError(
+                f"no pretrained weights for {name!r} are available offline (deitlab downloads nothing; looked in "
+                f"{pretrained_dir()}); pass checkpoint_path=FILE or a model folder, or use "
+                "deitlab.from_pretrained(DIR) for a saved model folder"
+            )
     kwargs = {**entry.defaults, **overrides}
     allowed = builder_arguments(entry.builder)
     unknown = [k for k in overrides if k not in allowed]
@@ -126,6 +187,9 @@ def create_model(name: str, *, checkpoint: str | Path | None = None, **overrides
     model = entry.builder(**kwargs)
     model.model_name = name  # type: ignore[assignment]
     model.model_kwargs = dict(overrides)  # type: ignore[assignment]  # enough to rebuild: name + overrides
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint, allow_new_head="num_classes" in overrides)
+    if checkpoint_path is not None:
+        path = Path(checkpoint_path)
+        if path.is_dir() and (path / "model.safetensors").is_file():  # a model folder (deitlab.save_pretrained)
+            path = path / "model.safetensors"
+        load_checkpoint(model, path, allow_new_head="num_classes" in overrides)
     return model
