@@ -109,7 +109,9 @@ def test_registry_vit_teacher_keeps_its_own_resolution(tmp_path):
     """A ViT teacher file without deitlab metadata (a timm/DeiT state dict) is built at its registry size (28 px
     here) and fed the student's 48 px batches resized, not rebuilt at 48 px with resampled position embeddings."""
     teacher = deitlab.create_model("deit_micro_patch4_28")  # 28 px, 1 channel, 10 classes
-    safetensors_torch.save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, tmp_path / "t.safetensors")
+    safetensors_torch.save_file(
+        {k: v.contiguous() for k, v in teacher.state_dict().items()}, tmp_path / "t.safetensors"
+    )
     cfg = build_config(overrides=["distill.type=hard", "teacher.model=deit_micro_patch4_28",
                                   f"teacher.path={tmp_path / 't.safetensors'}"])  # fmt: skip
     images = torch.zeros(4, 1, 48, 48, dtype=torch.uint8)
@@ -152,3 +154,17 @@ def test_finetune_32_to_48_px_with_a_32_px_teacher_trains(tmp_path, caplog):
     assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < losses[0] - 0.05, losses
     assert base.final["acc"] > 30 and ft.teacher["teacher_acc"] > 30  # 10 classes: chance is 10%
     assert ft.final["acc"] > 30
+
+
+def test_finetune_source_may_be_a_run_directory_or_model_folder(tmp_path: Path) -> None:
+    """--finetune takes what every verb takes: a run directory (its best model folder), a model folder, a file."""
+    from deitlab.pretrained import save_pretrained
+    from deitlab.sources import weights_path
+
+    folder = tmp_path / "run" / "model_best"
+    save_pretrained(deitlab.create_model("deit_micro_patch4_28"), folder)
+    assert weights_path(tmp_path / "run") == folder / "model.safetensors"
+    assert weights_path(folder) == folder / "model.safetensors"
+    assert weights_path(folder / "config.json") == folder / "model.safetensors"
+    with pytest.raises(CheckpointError, match="holds no weights"):
+        weights_path(tmp_path)

@@ -111,6 +111,28 @@ def resolve_model(
     raise CheckpointError(f"checkpoint not found: {source} (expected {SOURCE_HELP})")
 
 
+def weights_path(source: str | Path, *, prefer: str = "best") -> Path:
+    """The weights file a source names, without building a model: a run directory's ``model_best/`` (or ``model/``,
+    or its older ``*.safetensors``), a model folder's ``model.safetensors``, a weights file itself, or a URL's
+    download (``--finetune`` takes these).
+
+    Raises:
+        CheckpointError: nothing there, or a folder with neither a model folder nor weights inside.
+    """
+    if is_url(str(source)):
+        return download(str(source))
+    path = Path(source)
+    if path.is_file():
+        return path.parent / WEIGHTS_NAME if path.name == CONFIG_NAME else path
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint not found: {source} (expected {SOURCE_HELP})")
+    candidates = [path / WEIGHTS_NAME, *(path / d / WEIGHTS_NAME for d in RUN_FOLDERS[prefer])]
+    found = next((c for c in [*candidates, *(path / n for n in RUN_WEIGHTS[prefer])] if c.is_file()), None)
+    if found is None:
+        raise CheckpointError(f"{path} holds no weights: expected {SOURCE_HELP}")
+    return found
+
+
 def _from_directory(
     path: Path, model_name: str | None, prefer: str, in_chans: int | None, img_size: int | None
 ) -> Predictor:

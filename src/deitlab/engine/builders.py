@@ -35,6 +35,7 @@ from deitlab.errors import ConfigError
 from deitlab.io import atomic_write_bytes
 from deitlab.models import create_model, get_model_entry, list_models
 from deitlab.models.weights import load_pretrained
+from deitlab.sources import weights_path
 
 # Evaluation keeps no activations for backward, so by default it takes twice the training batch.
 EVAL_BATCH_FACTOR = 2
@@ -159,7 +160,7 @@ def build_model(cfg: Config, data: Data) -> nn.Module:
     except ValueError as e:
         raise ConfigError(f"model {cfg.model.name}: {e}") from None
     if cfg.model.finetune and not cfg.train.resume:  # a resumed run restores its own weights
-        load_pretrained(model, cfg.model.finetune)
+        load_pretrained(model, weights_path(cfg.model.finetune))
     return model
 
 

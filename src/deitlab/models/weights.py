@@ -71,15 +71,6 @@ def load_state(
 
 
 # ---- fine-tuning ------------------------------------------------------------------------------------------------
-def resolve_weights(source: str | Path) -> Path:
-    """The weights file a ``--finetune`` source names (today: a file; the one place to add run directories and
-    model folders)."""
-    path = Path(source)
-    if not path.is_file():
-        raise CheckpointError(f"--finetune {source}: no such weights file (a .safetensors, timm or DeiT .pth file)")
-    return path
-
-
 def match_distillation_token(
     state: dict[str, torch.Tensor], distilled: bool
 ) -> tuple[dict[str, torch.Tensor], str | None]:
@@ -109,14 +100,17 @@ def match_distillation_token(
     return out, "dropped the checkpoint's dist_token, its position embedding and head_dist"
 
 
-def load_pretrained(model: nn.Module, source: str | Path) -> list[str]:
-    """Start ``model`` from the weights in ``source`` for fine-tuning; returns the keys left freshly initialised.
+def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
+    """Start ``model`` from the weights file ``path`` for fine-tuning; returns the keys left freshly initialised
+    (:func:`deitlab.sources.weights_path` finds the file in a run directory or model folder).
 
     Position embeddings are resampled to the model's patch grid (prefix tokens kept, bicubic; DeiT ``main.py``), a
     classifier of another class count is reset, and a plain checkpoint starts a distilled model
     (:func:`match_distillation_token`); each step is logged.
     """
-    path = resolve_weights(source)
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"--finetune {path}: no such weights file (a .safetensors, timm or DeiT .pth file)")
     state, meta = read_checkpoint(path)
     state, note = match_distillation_token(state, bool(getattr(model, "distilled", False)))
     if note:
