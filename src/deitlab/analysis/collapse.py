@@ -65,7 +65,8 @@ def attention_entropy(maps: Sequence[torch.Tensor]) -> list[float]:
 
     Only meaningful for maps whose rows are distributions (softmax maps, not re-attention's mixed maps).
     """
-    _check_maps(maps)
+    if len(maps) == 0:
+        raise ValueError("no attention maps: pass one (B, H, N, N) map per block")
     return [float(-torch.xlogy(a.double(), a.double()).sum(-1).mean()) for a in maps]
 
 

@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 
 
 def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, *, title: str = "") -> Path:
@@ -118,6 +119,7 @@ def plot_collapse_curves(results: Mapping[str, Mapping[str, Any]], path: str | P
     ax_ent.set(xlabel="block", ylabel="nats", title="attention entropy (dotted: log N, uniform)")
     ax_fin.set(xlabel="block", ylabel="cosine", title="block output vs final output")
     for ax in (ax_sim, ax_ent, ax_fin):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _save(fig, path, title)
@@ -131,6 +133,7 @@ def plot_token_cosine(results: Mapping[str, Mapping[str, Any]], path: str | Path
         line = ax.plot(range(depth + 1), [r["input_cosine"], *r["block_cosine"]], marker="o", ms=3,
                        label=f"{label} (heads {r['head_cosine']:.2f})")[0]  # fmt: skip
         ax.plot([depth + 0.5], [r["final_cosine"]], marker="*", ms=9, color=line.get_color())
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="block (0: learned input tokens; star: after the final norm)", ylabel="cos(cls, dist)",
            title="class vs distillation token", ylim=(-1.05, 1.05))  # fmt: skip
     ax.grid(alpha=0.3)
@@ -214,13 +217,19 @@ def plot_metric_vs(
 ) -> Path:
     """Mean ± std (error bars) against ``x``, one line per series (rows from ``stability.aggregate``)."""
     fig, ax = plt.subplots(figsize=(6, 4))
+    ticks: set[float] = set()
     for label, rows in series.items():
         pts = sorted((float(r[x]), r["mean"], r.get("std", 0.0), r["n"]) for r in rows if "mean" in r)
         if pts:
             xs, means, stds, ns = zip(*pts)
-            ax.errorbar(xs, means, yerr=stds, marker="o", ms=4, capsize=3, label=f"{label} (n={min(ns)}-{max(ns)})")
+            runs = f"{min(ns)}" if min(ns) == max(ns) else f"{min(ns)}-{max(ns)}"
+            ax.errorbar(xs, means, yerr=stds, marker="o", ms=4, capsize=3, label=f"{label} (n={runs} per point)")
+            ticks.update(xs)
     if logx:
         ax.set_xscale("log")
+    if 0 < len(ticks) <= 12:  # label the measured points themselves, in plain numbers
+        ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)])
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.set(xlabel=xlabel or x, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
