@@ -176,6 +176,20 @@ def test_reattention_reports_the_softmax_maps_and_the_mixed_maps_separately() ->
     assert not any(b.attn.reatten_matrix._forward_pre_hooks for b in model.blocks)  # hooks removed
 
 
+def test_a_partly_re_attending_model_with_scaled_blocks() -> None:
+    # DeepViT-S/L's layout in miniature: plain blocks then re-attention, scale_adjustment on every block
+    model = deitlab.create_model(
+        "deepvit_s", depth=3, reattention=(False, False, True), img_size=32, embed_dim=48, num_heads=4
+    ).eval()
+    c = capture(model, torch.randn(2, 3, 32, 32))
+    assert c.reattention == [False, False, True]
+    assert all(torch.equal(s, a) for s, a in zip(c.softmax[:2], c.applied[:2]))  # plain: one map
+    assert torch.allclose(c.softmax[2].sum(-1), torch.ones(c.softmax[2].shape[:-1]), atol=1e-5)
+    assert not torch.allclose(c.softmax[2], c.applied[2])
+    r = attention_collapse(model, torch.randn(2, 3, 32, 32))
+    assert len(r["mixed"]["similarity"]) == 3
+
+
 def test_a_cnn_is_refused_clearly() -> None:
     with pytest.raises(TypeError, match="not a vision transformer"):
         attention_collapse(deitlab.create_model("resnet9_w16", num_classes=10), torch.randn(1, 3, 32, 32))

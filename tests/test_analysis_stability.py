@@ -47,6 +47,9 @@ def test_paper_space_scales_the_lr_linearly_from_batch_2048() -> None:
     assert s.lr == pytest.approx((2.5e-4 / 8, 8e-3 / 8)) and s.wd == (0.02, 0.8)
     assert paper_space("sgd", 2048).lr == (0.1, 3.2)
     assert space_around(1e-3, 0.05).lr == pytest.approx((1e-3 / 8, 4e-3))
+    assert space_around(1e-3, 0.05).middle() == (1e-3, 0.05)
+    assert paper_space("sgd", 2048).middle() == pytest.approx((0.8, 3.2e-5))  # 8 x the low ends
+    assert paper_space("adamw", 2048).centre[0] * 4 == pytest.approx(8e-3)
     with pytest.raises(ValueError, match="no paper range"):
         paper_space("lamb", 256)
 
@@ -90,7 +93,8 @@ def test_grid_specs_take_config_keys_and_named_bundles() -> None:
     first = specs[0]
     assert first.name == "limit_train=2500,aug=none,seed=0"
     assert first.overrides == ("data.limit_train=2500", "aug.mixup=0", "aug.cutmix=0", "train.seed=0", "train.epochs=3")
-    assert first.labels == {"study": "distill", "limit_train": "2500", "aug": "none", "seed": "0"}
+    assert first.labels == {"study": "distill", "limit_train": 2500, "aug": "none", "seed": 0}
+    assert grid_specs({"model.name": ["vit_c_micro_28"], "optim.lr": [1e-3]})[0].name == "model=vit_c_micro_28,lr=0.001"
     with pytest.raises(ValueError, match="letters, digits"):
         RunSpec("bad name/with slash")
 

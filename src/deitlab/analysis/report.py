@@ -91,12 +91,17 @@ def load_subject(
     split: str = "test",
     num_images: int | None = 64,
     seed: int = 0,
+    device: str = "cpu",
 ) -> Subject:
     """The model of a run directory (``config.yaml`` + weights) or of a registry name (+ checkpoint), and images.
 
     A registry name without a checkpoint gives an untrained model shaped for the data set (useful as a baseline:
-    what do random maps look like?). ``num_images`` images are drawn at random (seeded) from the split.
+    what do random maps look like?). ``num_images`` images are drawn at random (seeded) from the split; ``None``
+    takes them all. ``device``: where the model runs (``cpu``, ``cuda``, ``auto``); results always come back on the
+    CPU.
     """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if (run is None) == (model is None):
         raise ConfigError("give either a run directory or --model NAME (with an optional --checkpoint)")
     cfg = None
@@ -112,8 +117,7 @@ def load_subject(
         kwargs = dict(num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size[0])
     else:
         kwargs = json.loads(meta.get("model_kwargs", "{}")) if name == meta.get("model") else {}
-    net = create_model(name, checkpoint=checkpoint, **kwargs)
-    net.eval()
+    net = create_model(name, checkpoint=checkpoint, **kwargs).to(device).eval()
     size = getattr(getattr(net, "patch_embed", None), "img_size", (kwargs.get("img_size") or data.img_size[0],))
     transform = EvalAugment(
         img_size=int(size[0]), mean=data.mean, std=data.std, crop_pct=cfg.aug.eval_crop_pct if cfg else 1.0,
@@ -168,7 +172,7 @@ def _teacher(s: Subject, name: str | None, path: str | None) -> Any:
         return None
     size = int(s.images.shape[-1])
     net = load_teacher(name, path, num_classes=len(s.classes), in_chans=int(s.images.shape[1]), img_size=size)
-    return FrozenTeacher(net)
+    return FrozenTeacher(net.to(next(s.model.parameters()).device))
 
 
 def analyze_agreement(

@@ -40,7 +40,8 @@ from deitlab.io import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "runs.jsonl"
-HISTORY_KEYS = ("epoch", "train_loss", "acc", "acc_cls", "acc_dist", "agreement", "lr")
+# Per-epoch values kept in each record; train_teacher_disagree is the engine hook requested for experiment 1.
+HISTORY_KEYS = ("epoch", "train_loss", "acc", "acc_cls", "acc_dist", "agreement", "lr", "train_teacher_disagree")
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
@@ -100,6 +101,20 @@ def _record(spec: RunSpec, cfg: Any, result: Any, diverged: bool, wall: float, m
     }  # fmt: skip
 
 
+def _train_one(spec: RunSpec, cfg: Any, train_fn: Callable[[Any], Any], metric: str) -> dict[str, Any] | None:
+    """Train one run; its record, or ``None`` when it was stopped cleanly (Ctrl-C) and must run again."""
+    t0 = time.perf_counter()
+    result, diverged = None, False
+    try:
+        result = train_fn(cfg)
+    except TrainingDiverged as e:
+        diverged = True
+        log.warning("run %s diverged: %s", spec.name, str(e).splitlines()[0])
+    if result is not None and getattr(result, "stopped_early", False):
+        return None
+    return _record(spec, cfg, result, diverged, time.perf_counter() - t0, metric)
+
+
 def _eta(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)
@@ -147,22 +162,15 @@ def run_specs(
     spent = 0.0
     for i, spec in enumerate(todo):
         cfg = configs[spec.name]
-        t0 = time.perf_counter()
-        result, diverged = None, False
-        try:
-            result = train_fn(cfg)
-        except TrainingDiverged as e:
-            diverged = True
-            log.warning("run %s diverged: %s", spec.name, str(e).splitlines()[0])
-        if result is not None and getattr(result, "stopped_early", False):
+        record = _train_one(spec, cfg, train_fn, metric)
+        if record is None:
             log.warning("sweep stopped during %s (not recorded); rerun the same command to continue", spec.name)
             break
-        wall = time.perf_counter() - t0
-        record = _record(spec, cfg, result, diverged, wall, metric)
         append_record(results, record)
         done[spec.name] = finite_or_none(record)
         if not keep_checkpoints:
             shutil.rmtree(Path(cfg.train.output_dir) / "checkpoints", ignore_errors=True)
+        wall = record["wall_seconds"]
         spent += wall
         left = len(todo) - i - 1
         log.info(
@@ -248,7 +256,7 @@ def sweep(
             ``[c·low, c·high]``. An optimizer without a centre uses Xiao et al.'s ranges, the lr scaled from batch
             2048 to ours (:func:`~deitlab.analysis.stability.paper_space`).
         epoch_budgets: training lengths for the training-length study, each run at the centre of the space
-            (geometric mean of its range), ``budget_seeds`` seeds each.
+            (:meth:`~deitlab.analysis.stability.SearchSpace.middle`), ``budget_seeds`` seeds each.
 
     Writes ``<output_dir>/lr_wd/runs.jsonl``, ``<output_dir>/epochs/runs.jsonl`` and the outputs of
     :func:`sweep_outputs`; returns the table of :func:`~deitlab.analysis.stability.summarize_lr_wd`.
@@ -260,9 +268,8 @@ def sweep(
     lr_wd = run_specs(lr_wd_specs(models, optimizers, n, spaces=spaces, seed=seed), out / "lr_wd", **common)
     budget_runs: list[dict[str, Any]] = []
     if epoch_budgets:
-        opts = [(opt, [f"optim.name={opt}", f"optim.lr={math.sqrt(s.lr[0] * s.lr[1]):.6g}",
-                       f"optim.weight_decay={math.sqrt(s.wd[0] * s.wd[1]):.6g}", "optim.scale_lr=false"])
-                for opt, s in spaces.items()]  # fmt: skip
+        opts = [(opt, [f"optim.name={opt}", f"optim.lr={s.middle()[0]:.6g}", f"optim.weight_decay={s.middle()[1]:.6g}",
+                       "optim.scale_lr=false"]) for opt, s in spaces.items()]  # fmt: skip
         axes = {"model.name": models, "opt": opts, "train.epochs": epoch_budgets, "train.seed": budget_seeds}
         budget_runs = run_specs(grid_specs(axes, study="epochs"), out / "epochs", **common)
     files = sweep_outputs(lr_wd, out, epochs=budget_runs)
