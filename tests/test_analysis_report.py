@@ -59,16 +59,21 @@ def test_collapse_of_an_untrained_registry_model(tmp_path: Path) -> None:
     check_files(report.files)
     assert {f.name for f in report.files} == {"collapse.json", "collapse_similarity.png", "collapse_curves.png"}
     assert "similar blocks" in report.table and "sim_prev_mixed" in report.table  # re-attention: both maps
-    assert report.data["num_blocks"] == 6 and report.data["model"] == "deepvit_micro_patch4_28"
+    assert report.data["deepvit_micro_patch4_28"]["num_blocks"] == 6
+    plain = load_subject(model="deit_micro_patch4_28", data_set="synthetic", num_images=2)
+    both = analyze_collapse([s, plain, plain], tmp_path / "both")  # a model twice: labelled apart
+    check_files(both.files)
+    assert list(both.data) == ["deepvit_micro_patch4_28", "deit_micro_patch4_28", "deit_micro_patch4_28#2"]
+    assert len(both.files) == 5 and both.table.split()[0] == "model"  # one summary row per model
 
 
 @pytest.mark.slow  # three PNGs: about 2.5 s on 2 cores
 def test_tokens_and_attention_of_a_run_directory(run_dir: Path, tmp_path: Path) -> None:
     s = load_subject(run_dir, num_images=2, weights="final")
-    assert s.name == "deit_micro_distilled_patch4_28" and s.config is not None
+    assert s.name == "deit_micro_distilled_patch4_28" and s.config is not None and s.label == run_dir.name
     tokens = analyze_tokens(s, tmp_path)
     check_files(tokens.files)
-    assert len(tokens.data["block_cosine"]) == 2 and "heads" in tokens.table
+    assert len(tokens.data[run_dir.name]["block_cosine"]) == 2 and "heads" in tokens.table
     attention = analyze_attention(s, tmp_path)
     check_files(attention.files)
     assert [f.name for f in attention.files] == ["attention.json", "attention_0.png", "attention_1.png"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,10 @@ class Subject:
     labels: torch.Tensor
     classes: list[str]
     transform: EvalAugment
+    label: str = ""  # how plots and tables name it: the run directory's name, or the model's
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.name
 
 
 def _run_weights(run_dir: Path, weights: str) -> tuple[Path, Config]:
@@ -123,44 +128,83 @@ def load_subject(
         img_size=int(size[0]), mean=data.mean, std=data.std, crop_pct=cfg.aug.eval_crop_pct if cfg else 1.0,
         interpolation=cfg.aug.interpolation if cfg else "bicubic",
     )  # fmt: skip
-    return Subject(net, name, cfg, transform(data.images), data.images, data.labels, list(data.classes), transform)
+    label = Path(run).resolve().name if run is not None else name
+    images = transform(data.images)
+    return Subject(net, name, cfg, images, data.images, data.labels, list(data.classes), transform, label)
 
 
 # ---- the verbs ------------------------------------------------------------------------------------------------
-def analyze_collapse(s: Subject, output_dir: str | Path, *, threshold: float = 0.9) -> Report:
-    """Cross-layer similarity, similar blocks, entropy, feature-to-final → ``collapse.json`` and two PNGs."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    r = attention_collapse(s.model, s.images, threshold)
-    data = {"model": s.name, **r}
-    files = [
-        write_json(out / "collapse.json", data),
-        plots.plot_similarity(r, out / "collapse_similarity.png", title=s.name),
-        plots.plot_collapse_curves({s.name: r}, out / "collapse_curves.png"),
-    ]
+def _labelled(subjects: Subject | Sequence[Subject]) -> dict[str, Subject]:
+    """``{label: subject}``; labels repeated across subjects get ``#2``, ``#3``, ..."""
+    out: dict[str, Subject] = {}
+    for s in [subjects] if isinstance(subjects, Subject) else list(subjects):
+        label, k = s.label, 2
+        while label in out:
+            label, k = f"{s.label}#{k}", k + 1
+        out[label] = s
+    if not out:
+        raise ConfigError("nothing to analyse: give at least one run directory or --model")
+    return out
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+
+
+def _collapse_rows(r: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     mixed = r.get("mixed", {}).get("adjacent")
     rows = [
         [b + 1, r["adjacent"][b - 1] if b else None, *([mixed[b - 1] if b else None] if mixed else []),
          r["entropy"][b], r["feature_to_final"][b]]
         for b in range(r["num_blocks"])
     ]  # fmt: skip
-    header = ["block", "sim_prev", *(["sim_prev_mixed"] if mixed else []), "entropy", "to_final"]
-    summary = f"{r['similar_blocks']} similar blocks (threshold {threshold}); log N = {r['max_entropy']:.3f} nats"
-    if mixed:
-        summary += f"; mixed maps: {r['mixed']['similar_blocks']} similar blocks"
-    return Report(format_table(header, rows) + "\n" + summary, files, data)
+    return ["block", "sim_prev", *(["sim_prev_mixed"] if mixed else []), "entropy", "to_final"], rows
 
 
-def analyze_tokens(s: Subject, output_dir: str | Path) -> Report:
-    """Class vs distillation token cosine through depth → ``tokens.json`` and ``tokens.png``."""
+def analyze_collapse(
+    subjects: Subject | Sequence[Subject], output_dir: str | Path, *, threshold: float = 0.9
+) -> Report:
+    """Cross-layer similarity, similar blocks, entropy, feature-to-final of one or more models.
+
+    Writes ``collapse.json`` (``{label: result}``), one similarity heatmap per model
+    (``collapse_similarity[_<label>].png``) and ``collapse_curves.png`` overlaying all models. The table lists the
+    blocks of a single model, or one summary row per model.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    r = token_similarity(s.model, s.images)
-    data = {"model": s.name, **r}
-    files = [write_json(out / "tokens.json", data), plots.plot_token_cosine({s.name: r}, out / "tokens.png")]
-    rows = [["input", r["input_cosine"]], *[[f"block {i + 1}", v] for i, v in enumerate(r["block_cosine"])],
-            ["final norm", r["final_cosine"]], ["heads", r["head_cosine"]]]  # fmt: skip
-    return Report(format_table(["where", "cos(cls, dist)"], rows), files, data)
+    subjects = _labelled(subjects)
+    results = {label: attention_collapse(s.model, s.images, threshold) for label, s in subjects.items()}
+    files = [write_json(out / "collapse.json", {k: {"model": subjects[k].name, **r} for k, r in results.items()})]
+    for label, r in results.items():
+        name = "collapse_similarity.png" if len(results) == 1 else f"collapse_similarity_{_slug(label)}.png"
+        files.append(plots.plot_similarity(r, out / name, title=label))
+    files.append(plots.plot_collapse_curves(results, out / "collapse_curves.png"))
+    summary = [[k, r["similar_blocks"], r.get("mixed", {}).get("similar_blocks"), r["entropy"][0], r["entropy"][-1],
+                r["max_entropy"]] for k, r in results.items()]  # fmt: skip
+    table = format_table(["model", "similar blocks", "(mixed maps)", "entropy 1st", "last", "log N"], summary)
+    if len(results) == 1:
+        table = format_table(*_collapse_rows(next(iter(results.values())))) + "\n" + table
+    return Report(f"{table}\nsimilar: blocks l >= 2 with M^(l-1,l) > {threshold}; entropy in nats", files, results)
+
+
+def analyze_tokens(subjects: Subject | Sequence[Subject], output_dir: str | Path) -> Report:
+    """Class vs distillation token cosine through depth of one or more distilled models → ``tokens.json/png``."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    subjects = _labelled(subjects)
+    results = {label: token_similarity(s.model, s.images) for label, s in subjects.items()}
+    data = {k: {"model": subjects[k].name, **r} for k, r in results.items()}
+    files = [write_json(out / "tokens.json", data), plots.plot_token_cosine(results, out / "tokens.png")]
+    depth = max(len(r["block_cosine"]) for r in results.values())
+    rows = [["input", *[r["input_cosine"] for r in results.values()]]]
+    rows += [[f"block {i + 1}", *[_at(r["block_cosine"], i) for r in results.values()]] for i in range(depth)]
+    rows += [["final norm", *[r["final_cosine"] for r in results.values()]]]
+    rows += [["heads", *[r["head_cosine"] for r in results.values()]]]
+    return Report(format_table(["cos(cls, dist)", *results], rows), files, results)
+
+
+def _at(values: list[float], i: int) -> float | None:
+    return values[i] if i < len(values) else None
 
 
 def _teacher(s: Subject, name: str | None, path: str | None) -> Any:
