@@ -98,7 +98,9 @@ def build_data(cfg: Config) -> Data:
         test = _stream(cfg, "test") if cfg.data.test_at_end and cfg.data.eval_split != "test" else None
         return Data(train, evalset, test, int(train.img_size))
     train = _read(cfg, "train", cfg.model.img_size)
-    if cfg.data.limit_train:
+    if cfg.data.limit_train and cfg.data.limit_train_mode == "stratified":
+        train = train.subset(stratified_indices(train.labels, cfg.data.limit_train, seed=cfg.data.limit_train_seed))
+    elif cfg.data.limit_train:
         train = train.subset(range(min(cfg.data.limit_train, len(train))))
     evalset = _read(cfg, cfg.data.eval_split, cfg.model.img_size)
     if cfg.data.limit_eval:
@@ -112,6 +114,32 @@ def build_data(cfg: Config) -> Data:
         if len(s) == 0:
             raise ConfigError(f"{s.name} holds no images")
     return Data(train, evalset, test, int(cfg.model.img_size or train.img_size[0]))
+
+
+def stratified_indices(labels: torch.Tensor, n: int, *, seed: int = 0) -> torch.Tensor:
+    """``n`` indices (sorted), as evenly spread over the classes as their sizes allow, each class's drawn from a
+    seeded permutation of that class (``data.limit_train_mode=stratified``).
+
+    Class c gets ``⌊n/K⌋`` or ``⌈n/K⌉`` images (the extra ones go to the lowest class indices); a class with fewer
+    images gives all of them and the rest is shared among the others. ``n`` ≥ the set's size takes everything.
+    The draws of one class do not depend on ``n``, so a smaller subset is contained in a larger one (same seed).
+    """
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.unique(labels).tolist()
+    members = [torch.nonzero(labels == c).flatten() for c in classes]
+    members = [m[torch.randperm(len(m), generator=g)] for m in members]
+    sizes = [len(m) for m in members]
+    quota = [0] * len(classes)
+    left = min(n, len(labels))
+    while left > 0:
+        open_ = [i for i, q in enumerate(quota) if q < sizes[i]]
+        share = left // len(open_)
+        for i in open_:
+            extra = min(share, sizes[i] - quota[i]) if share else int(left > 0)
+            quota[i] += extra
+            left -= extra
+    picked = [m[:q] for m, q in zip(members, quota)]
+    return torch.cat(picked).sort().values if picked else torch.zeros(0, dtype=torch.long)
 
 
 def build_model(cfg: Config, data: Data) -> nn.Module:
