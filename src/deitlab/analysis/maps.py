@@ -18,6 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deitlab.errors import ConfigError
+
+
+class WrongModelError(ConfigError, TypeError):
+    """The analysis needs another kind of model (a ViT, a distilled ViT): a usage error (exit code 2), and a
+    ``TypeError`` for callers of the library."""
+
 
 @dataclass
 class Captured:
@@ -63,7 +70,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def check_vit(model: nn.Module) -> None:
     """Analyses need a ViT with ``blocks`` and ``forward_intermediates``; a CNN gets a clear error."""
     if not (hasattr(model, "forward_intermediates") and hasattr(model, "blocks")):
-        raise TypeError(
+        raise WrongModelError(
             f"{type(model).__name__} is not a vision transformer (no forward_intermediates/blocks); "
             "attention analyses need a ViT, DeiT or DeepViT model"
         )

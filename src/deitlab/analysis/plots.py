@@ -16,6 +16,16 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 
 
+def _save(fig: plt.Figure, path: str | Path, title: str = "") -> Path:
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, *, title: str = "") -> Path:
     """Training loss and evaluation accuracy per epoch, one line per run (``{label: history rows}``)."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
@@ -38,13 +48,7 @@ def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Pat
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: str | Path, *, title: str = "") -> Path:
@@ -65,24 +69,10 @@ def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: str | 
                     ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7,
                             color="white" if v > 0.5 else "black")  # fmt: skip
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # ---- analyses (collapse, tokens, attention) -------------------------------------------------------------------
-def _save(fig: plt.Figure, path: str | Path, title: str = "") -> Path:
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def plot_similarity(collapse: Mapping[str, Any], path: str | Path, *, title: str = "") -> Path:
     """Heatmap of the cross-layer similarity ``M^{p,q}`` (softmax maps; beside it the mixed maps, if any)."""
     panels = [("softmax maps", collapse)]

@@ -101,14 +101,14 @@ def load_subject(
     """The model of a run directory (``config.yaml`` + weights) or of a registry name (+ checkpoint), and images.
 
     A registry name without a checkpoint gives an untrained model shaped for the data set (useful as a baseline:
-    what do random maps look like?). ``num_images`` images are drawn at random (seeded) from the split; ``None``
-    takes them all. ``device``: where the model runs (``cpu``, ``cuda``, ``auto``); results always come back on the
-    CPU.
+    what do random maps look like?); a checkpoint without a name uses the name saved in its metadata.
+    ``num_images`` images are drawn at random (seeded) from the split; ``None`` takes them all. ``device``: where
+    the model runs (``cpu``, ``cuda``, ``auto``); results always come back on the CPU.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if (run is None) == (model is None):
-        raise ConfigError("give either a run directory or --model NAME (with an optional --checkpoint)")
+    if (run is None) == (model is None and checkpoint is None):
+        raise ConfigError("give either a run directory or --model NAME and/or --checkpoint FILE")
     cfg = None
     if run is not None:
         checkpoint, cfg = _run_weights(Path(run), weights)

@@ -36,6 +36,7 @@ from deitlab.config import build_config
 from deitlab.engine import TrainingDiverged, train
 from deitlab.errors import ConfigError
 from deitlab.io import atomic_write_bytes
+from deitlab.models import get_model_entry
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,8 @@ def run_specs(
         )
         for s in todo
     }
+    for cfg in configs.values():
+        get_model_entry(cfg.model.name)  # an unknown model fails now, with close names, not after hours of runs
     log.info("sweep %s: %d runs, %d already done, %d to run", out_dir, len(specs), len(specs) - len(todo), len(todo))
     out_dir.mkdir(parents=True, exist_ok=True)
     spent = 0.0

@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from deitlab.analysis.maps import batches, capture, cosine
+from deitlab.analysis.maps import WrongModelError, batches, capture, cosine
 
 
 def check_distilled(model: nn.Module) -> None:
     if getattr(model, "dist_token", None) is None or getattr(model, "head_dist", None) is None:
-        raise TypeError(
+        raise WrongModelError(
             f"{getattr(model, 'model_name', type(model).__name__)} has no distillation token; token similarity "
             "needs a distilled model (a name with '_distilled_')"
         )
@@ -26,7 +26,7 @@ def head_cosine(head: nn.Module, head_dist: nn.Module) -> float:
     """``mean_c cos(W_c, W'_c)``: the two classifiers' weight rows, class by class (biases left out)."""
     w, wd = getattr(head, "weight", None), getattr(head_dist, "weight", None)
     if w is None or wd is None:
-        raise TypeError("both heads must be Linear layers (a model built with num_classes=0 has no classifier)")
+        raise WrongModelError("both heads must be Linear layers (a model built with num_classes=0 has no classifier)")
     return float(cosine(w.detach(), wd.detach()).mean())
 
 

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from deitlab import __version__
-from deitlab.cli import demo, evaluate, models
+from deitlab.cli import analyze, demo, evaluate, models, sweep
 from deitlab.cli.train import parse_train_args, run_train
 from deitlab.errors import ConfigError, DeitlabError
 
 log = logging.getLogger("deitlab")
 
-VERBS: tuple[ModuleType, ...] = (models, evaluate, demo)
+VERBS: tuple[ModuleType, ...] = (models, evaluate, demo, analyze, sweep)
 # What a library raises for bad input or a failed run, beyond DeitlabError: one line, exit code 1.
 RUNTIME_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
