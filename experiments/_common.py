@@ -45,6 +45,14 @@ def parser(doc: str, name: str) -> argparse.ArgumentParser:
     return p
 
 
+def int_list(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (an argparse type)."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
 def setup(args: argparse.Namespace, name: str) -> Path:
     """Logging, threads and the output folder (``<name>-quick`` beside the real one for ``--quick``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

@@ -15,7 +15,8 @@ from batch 2048). The paper: 64 pairs, 50 epochs, ImageNet, 224 px, 4GF models.
 
     python experiments/exp3_stability.py [--out experiments/results/exp3] [--quick] [--list]
 
-Expected wall time on a quiet 2-core machine: about 75 minutes (96 runs); see docs/RESULTS.md.
+Expected wall time on a quiet 2-core machine: about 65 minutes (88 runs; one 2-epoch run took 35 s for ViT_P and 44 s
+for ViT_C on the shared machine, evaluation included); see docs/RESULTS.md.
 """
 
 from __future__ import annotations

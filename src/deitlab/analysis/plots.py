@@ -107,6 +107,7 @@ def plot_collapse_curves(results: Mapping[str, Mapping[str, Any]], path: str | P
     ax_sim.axhline(threshold, color="grey", lw=1, ls="-.", label=f"threshold {threshold}")
     ax_sim.set(xlabel="block l", ylabel="M^{l-1,l}", title="similarity to the previous block")
     ax_ent.set(xlabel="block", ylabel="nats", title="attention entropy (dotted: log N, uniform)")
+    ax_ent.ticklabel_format(axis="y", useOffset=False)  # near-uniform maps: show log N itself, not an offset
     ax_fin.set(xlabel="block", ylabel="cosine", title="block output vs final output")
     for ax in (ax_sim, ax_ent, ax_fin):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
