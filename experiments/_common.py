@@ -25,6 +25,7 @@ import torch
 
 from deitlab.analysis import RunSpec
 from deitlab.analysis.sweep import read_records, run_specs
+from deitlab.engine import train
 from deitlab.io import atomic_write_bytes
 
 HERE = Path(__file__).resolve().parent
@@ -57,7 +58,8 @@ def setup(args: argparse.Namespace, name: str) -> Path:
     """Logging, threads and the output folder (``<name>-quick`` beside the real one for ``--quick``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
-    out = args.out or RESULTS / (f"{name}-quick" if args.quick else name)
+    # Absolute: run specs name files under it, and a rerun must produce the very same specs to resume.
+    out = (args.out or RESULTS / (f"{name}-quick" if args.quick else name)).resolve()
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -70,7 +72,13 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run_phase(
-    specs: Sequence[RunSpec], out: Path, base: Sequence[str], *, listing: bool = False, metric: str = "test_acc"
+    specs: Sequence[RunSpec],
+    out: Path,
+    base: Sequence[str],
+    *,
+    listing: bool = False,
+    metric: str = "test_acc",
+    train_fn: Callable[[Any], Any] = train,
 ) -> list[dict[str, Any]]:
     """Train the specs not yet recorded in ``out/runs.jsonl`` (see :func:`run_specs`); ``listing`` only prints."""
     if listing:
@@ -79,7 +87,7 @@ def run_phase(
             print(f"{'done' if s.name in done else 'todo'}  {out.name}/{s.name}  {' '.join(s.overrides)}")
         print(f"{out.name}: {len(specs)} runs, {len(done & {s.name for s in specs})} done")
         return [r for r in read_records(out / "runs.jsonl") if r["name"] in {s.name for s in specs}]
-    return run_specs(specs, out, base_overrides=list(base), metric=metric)
+    return run_specs(specs, out, base_overrides=list(base), metric=metric, train_fn=train_fn)
 
 
 def cached(path: Path, key: str, compute: Callable[[], Any]) -> Any:

@@ -24,10 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import _common as c
+import torch
 
 import deitlab
-from deitlab.analysis import grid_specs
+from deitlab.analysis import attention_collapse, grid_specs
 from deitlab.analysis.report import analyze_collapse, load_subject
+from deitlab.engine.build import build_run
+from deitlab.engine.builders import build_device
+from deitlab.engine.distributed import cleanup, init_distributed
+from deitlab.engine.run import Callback
+from deitlab.engine.train import TrainResult, fit
 
 NAME = "exp4"
 DEPTH, WIDTH, HEADS = 24, 64, 4
@@ -43,8 +49,35 @@ RECIPE = [
 ]  # fmt: skip
 QUICK = ["model.kwargs.depth=4", "model.kwargs.embed_dim=32", "data.limit_train=256", "data.batch_size=32",
          "train.epochs=1", "train.precision=fp32"]  # fmt: skip
+PROBE_IMAGES = 32
 NEAR_UNIFORM = 0.9  # mean entropy / log N above this: the maps are still close to uniform
 IMAGES = 256
+
+
+class EntropyProbe(Callback):
+    """After every epoch: attention entropy (late half of the blocks, / log N) and similar blocks on 32 validation
+    images, added to the epoch's log record, so that each run shows when its maps stopped being near-uniform."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def on_epoch_end(self, run: Any, state: Any, row: dict[str, Any]) -> None:
+        r = attention_collapse(run.model, run.eval_aug(self.images.to(run.device)))
+        late = r["entropy"][len(r["entropy"]) // 2 :]
+        row["attn_entropy_late"] = sum(late) / len(late) / r["max_entropy"]
+        row["similar_blocks"] = r["similar_blocks"]
+
+
+def train_with_probe(cfg: Any) -> TrainResult:
+    """``deitlab.engine.train`` with an :class:`EntropyProbe` before the epoch log (so its values are logged)."""
+    device = build_device(cfg)
+    dist = init_distributed(device.type)
+    try:
+        run = build_run(cfg, device=device, dist=dist)
+        run.callbacks.callbacks.insert(0, EntropyProbe(run.data.eval.images[:PROBE_IMAGES]))
+        return fit(run)
+    finally:
+        cleanup(dist)
 
 
 def specs(quick: bool, seeds: list[int] | None = None) -> list:
@@ -87,10 +120,22 @@ def summarize(records: list[dict[str, Any]], collapse: dict[str, Any]) -> list[d
             "adjacent_late": c.mean_std(sum(x["adjacent"][half:]) / len(x["adjacent"][half:]) for x in res),
             "feature_to_final_mid": c.mean_std(x["feature_to_final"][half - 1] for x in res),
             "untrained": {k: collapse[f"{label} untrained"][k] for k in ("similar_blocks", "max_entropy")},
+            "entropy_by_epoch": _by_epoch(runs, "attn_entropy_late"),
+            "similar_by_epoch": _by_epoch(runs, "similar_blocks"),
             "untrained_entropy_late": sum(collapse[f"{label} untrained"]["entropy"][half:])
             / max(1, len(collapse[f"{label} untrained"]["entropy"][half:])) / log_n,
         })  # fmt: skip
     return rows
+
+
+def _by_epoch(runs: list[dict[str, Any]], key: str) -> list[float | None]:
+    """Mean over seeds of a probe value after each epoch."""
+    epochs = max((len(r["history"]) for r in runs), default=0)
+    out = []
+    for e in range(epochs):
+        stats = c.mean_std(r["history"][e].get(key) for r in runs if e < len(r["history"]))
+        out.append(stats["mean"] if stats else None)
+    return out
 
 
 def markdown(rows: list[dict[str, Any]], records: list[dict[str, Any]], quick: bool) -> str:
@@ -113,6 +158,13 @@ def markdown(rows: list[dict[str, Any]], records: list[dict[str, Any]], quick: b
         "",
         verdict,
         "",
+        "During training (probe on 32 validation images after each epoch, mean over seeds):",
+        "",
+        *[f"- {r['model']}: late-half entropy / log N "
+          + ", ".join("–" if v is None else f"{v:.3f}" for v in r["entropy_by_epoch"])
+          + "; similar blocks " + ", ".join("–" if v is None else f"{v:.1f}" for v in r["similar_by_epoch"])
+          for r in rows],
+        "",
         "Paper (ImageNet, width 384): similar blocks ViT-24B 11 → DeepViT-24B 0, top-1 79.35 → 79.99.",
         "",
         "![collapse curves](collapse/collapse_curves.png)",
@@ -126,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     out = c.setup(args, NAME)
     base = [*c.data_overrides(args), *RECIPE, *(QUICK if args.quick else [])]
     run_list = specs(args.quick, args.seeds)
-    records = c.run_phase(run_list, out / "runs", base, listing=args.list)
+    records = c.run_phase(run_list, out / "runs", base, listing=args.list, train_fn=train_with_probe)
     if args.list:
         print(f"total: {len(run_list)} runs")
         return 0

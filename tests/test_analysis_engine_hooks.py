@@ -150,3 +150,27 @@ def test_build_data_applies_the_mode(tmp_path: Path) -> None:
     assert torch.equal(strat.train.images, seeded.train.images)  # the training seed does not move the subset
     with pytest.raises(ConfigError, match="limit_train_mode"):
         build_config(overrides=["data.limit_train_mode=random"])
+
+
+def _sum_worker(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from deitlab.engine.distributed import DistInfo, sum_across
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        total = sum_across([3.0 + rank, 10.0 * (rank + 1)], DistInfo(rank=rank, world_size=2))
+        Path(f"{out}.{rank}").write_text(json.dumps(total))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two processes
+def test_disagreement_counts_are_summed_across_processes(tmp_path: Path) -> None:
+    """Each rank counts its own views; the logged share must use the sums over ranks (gloo, 2 processes)."""
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_sum_worker, args=(init, str(tmp_path / "sum")), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"sum.{rank}").read_text()) == [7.0, 30.0]  # (3 + 4), (10 + 20)

@@ -41,8 +41,10 @@ from deitlab.models import get_model_entry
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "runs.jsonl"
-# Per-epoch values kept in each record; train_teacher_disagree is the engine hook requested for experiment 1.
-HISTORY_KEYS = ("epoch", "train_loss", "acc", "acc_cls", "acc_dist", "agreement", "lr", "train_teacher_disagree")
+# Per-epoch values kept in each record: train_teacher_disagree is the engine's (issue 10, experiment 1); the attention
+# probe of experiment 4 adds attn_entropy_late and similar_blocks.
+HISTORY_KEYS = ("epoch", "train_loss", "acc", "acc_cls", "acc_dist", "agreement", "lr", "train_teacher_disagree",
+                "attn_entropy_late", "similar_blocks")  # fmt: skip
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
