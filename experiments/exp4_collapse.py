@@ -174,9 +174,12 @@ def markdown(rows: list[dict[str, Any]], records: list[dict[str, Any]], quick: b
 def main(argv: list[str] | None = None) -> int:
     p = c.parser(__doc__, NAME)
     p.add_argument("--seeds", type=c.int_list, default=None, help="training seeds (default 0,1,2)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="train longer than the default 3 epochs (in a new --out folder: the runs differ)")  # fmt: skip
     args = p.parse_args(argv)
     out = c.setup(args, NAME)
-    base = [*c.data_overrides(args), *RECIPE, *(QUICK if args.quick else [])]
+    longer = [f"train.epochs={args.epochs}", f"train.eval_every={args.epochs}"] if args.epochs else []
+    base = [*c.data_overrides(args), *RECIPE, *(QUICK if args.quick else []), *longer]
     run_list = specs(args.quick, args.seeds)
     records = c.run_phase(run_list, out / "runs", base, listing=args.list, train_fn=train_with_probe)
     if args.list:

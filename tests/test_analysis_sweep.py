@@ -104,8 +104,12 @@ def test_a_torn_last_line_is_skipped_and_changed_specs_are_refused(tmp_path: Pat
     run_specs(specs(1), tmp_path, base_overrides=BASE, train_fn=rerun)
     assert rerun.calls == ["deit_micro_patch4_28-sgd-000"] and len(strict_lines(path)) == 2
     changed = lr_wd_specs(["deit_micro_patch4_28"], ["adamw"], 1, spaces={"adamw": space_around(5e-3, 0.05)})
-    with pytest.raises(ConfigError, match="other overrides"):
+    with pytest.raises(ConfigError, match="different overrides"):
         run_specs(changed, tmp_path, base_overrides=BASE, train_fn=FakeTrain())
+    refused = FakeTrain()  # the same specs on a changed base recipe: the recorded runs no longer answer it
+    with pytest.raises(ConfigError, match="different base recipe.*train.epochs=3"):
+        run_specs(specs(1), tmp_path, base_overrides=[*BASE, "train.epochs=3"], train_fn=refused)
+    assert refused.calls == []
 
 
 def test_a_bad_spec_fails_before_any_run(tmp_path: Path) -> None:

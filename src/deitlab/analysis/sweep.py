@@ -69,21 +69,27 @@ def append_record(path: str | Path, record: Mapping[str, Any]) -> None:
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
-def _check_specs(specs: Sequence[RunSpec], done: Mapping[str, Mapping[str, Any]]) -> None:
+def _check_specs(specs: Sequence[RunSpec], done: Mapping[str, Mapping[str, Any]], base: Sequence[str]) -> None:
     names = [s.name for s in specs]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         raise ConfigError(f"run name {dup!r} appears twice in the study; names must be unique")
     for s in specs:
         old = done.get(s.name)
-        if old is not None and list(old.get("overrides", [])) != list(s.overrides):
-            raise ConfigError(
-                f"run {s.name!r} is already recorded with other overrides ({old.get('overrides')} vs "
-                f"{list(s.overrides)}); use another output folder for a changed study"
-            )
+        if old is None:
+            continue
+        for what, was, now in (("overrides", old.get("overrides", []), s.overrides),
+                               ("base recipe", old.get("base_overrides", base), base)):  # fmt: skip
+            if list(was) != list(now):
+                raise ConfigError(
+                    f"run {s.name!r} is already recorded with a different {what} ({list(was)} vs {list(now)}); use "
+                    "another output folder for a changed study"
+                )
 
 
-def _record(spec: RunSpec, cfg: Any, result: Any, diverged: bool, wall: float, metric: str) -> dict[str, Any]:
+def _record(
+    spec: RunSpec, cfg: Any, result: Any, diverged: bool, wall: float, metric: str, base: Sequence[str] = ()
+) -> dict[str, Any]:
     final = dict(result.final) if result is not None else {}
     key = metric if metric in final else "acc"
     acc = final.get(key)
@@ -92,6 +98,7 @@ def _record(spec: RunSpec, cfg: Any, result: Any, diverged: bool, wall: float, m
     history = [{k: r[k] for k in HISTORY_KEYS if k in r} for r in (result.history if result is not None else [])]
     return {
         "name": spec.name, "labels": dict(spec.labels), "overrides": list(spec.overrides),
+        "base_overrides": list(base),
         "model": cfg.model.name, "optimizer": cfg.optim.name, "lr": lr, "wd": cfg.optim.weight_decay,
         "seed": cfg.train.seed, "epochs": cfg.train.epochs, "batch_size": cfg.data.batch_size,
         "limit_train": cfg.data.limit_train, "distill": cfg.distill.type,
@@ -104,7 +111,9 @@ def _record(spec: RunSpec, cfg: Any, result: Any, diverged: bool, wall: float, m
     }  # fmt: skip
 
 
-def _train_one(spec: RunSpec, cfg: Any, train_fn: Callable[[Any], Any], metric: str) -> dict[str, Any] | None:
+def _train_one(
+    spec: RunSpec, cfg: Any, train_fn: Callable[[Any], Any], metric: str, base: Sequence[str]
+) -> dict[str, Any] | None:
     """Train one run; its record, or ``None`` when it was stopped cleanly (Ctrl-C) and must run again."""
     t0 = time.perf_counter()
     result, diverged = None, False
@@ -115,7 +124,7 @@ def _train_one(spec: RunSpec, cfg: Any, train_fn: Callable[[Any], Any], metric: 
         log.warning("run %s diverged: %s", spec.name, str(e).splitlines()[0])
     if result is not None and getattr(result, "stopped_early", False):
         return None
-    return _record(spec, cfg, result, diverged, time.perf_counter() - t0, metric)
+    return _record(spec, cfg, result, diverged, time.perf_counter() - t0, metric, base)
 
 
 def _eta(seconds: float) -> str:
@@ -150,7 +159,7 @@ def run_specs(
     out_dir = Path(out_dir)
     results = out_dir / RESULTS_FILE
     done = {r["name"]: r for r in read_records(results)}
-    _check_specs(specs, done)
+    _check_specs(specs, done, base_overrides)
     todo = [s for s in specs if s.name not in done]
     fixed = ["train.overwrite=true", "train.progress=false"]
     configs = {
@@ -167,7 +176,7 @@ def run_specs(
     spent = 0.0
     for i, spec in enumerate(todo):
         cfg = configs[spec.name]
-        record = _train_one(spec, cfg, train_fn, metric)
+        record = _train_one(spec, cfg, train_fn, metric, base_overrides)
         if record is None:
             log.warning("sweep stopped during %s (not recorded); rerun the same command to continue", spec.name)
             break
