@@ -23,13 +23,13 @@ import torch
 import torch.distributed
 
 from deitlab import __version__
-from deitlab.cli import demo, evaluate, export, models, predict, recipes
+from deitlab.cli import analyze, demo, evaluate, export, models, predict, recipes, sweep
 from deitlab.cli.train import parse_train_args, run_train
 from deitlab.errors import ConfigError, DeitlabError
 
 log = logging.getLogger("deitlab")
 
-VERBS: tuple[ModuleType, ...] = (models, recipes, evaluate, predict, export, demo)
+VERBS: tuple[ModuleType, ...] = (models, recipes, evaluate, predict, export, demo, analyze, sweep)
 # What a library raises for bad input or a failed run, beyond DeitlabError: one line, exit code 1.
 RUNTIME_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 # Failures of the machine rather than of the input: what happened, and the likely fix.

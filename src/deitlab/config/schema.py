@@ -57,7 +57,9 @@ class DataConfig:
     memory_budget_gb: float | None = None  # None: a quarter of RAM / processes per node
     workers: int = 4  # DataLoader workers when streaming
     pad: int = 0  # zero-pad every image by this many pixels per side at load time (28 -> 32 px with pad=2)
-    limit_train: int | None = None  # use only the first N training images (quick runs)
+    limit_train: int | None = None  # use only N training images (quick runs, data-size studies)
+    limit_train_mode: str = "first"  # first: the first N | stratified: N/K per class, seeded (limit_train_seed)
+    limit_train_seed: int = 0  # the stratified subset's seed, apart from train.seed: every seed sees the same images
     limit_eval: int | None = None
     eval_split: str = "val"  # val | test: what the per-epoch evaluation reads
     test_at_end: bool = True  # evaluate the final model on the test split too
@@ -184,6 +186,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.headline_weights": ("raw", "ema"),
     "data.bad_images": ("error", "skip"),
     "data.eval_split": ("val", "test"),
+    "data.limit_train_mode": ("first", "stratified"),
     "aug.interpolation": ("bilinear", "bicubic"),
 }
 

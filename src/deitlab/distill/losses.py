@@ -84,12 +84,28 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, label_smoothin
     return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
 
 
+def teacher_disagreement(teacher_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """How many views the teacher labels differently from their target: ``#{i : argmax Z_t,i ≠ argmax t_i}``.
+
+    ``targets`` are class indices ``(B,)`` or Mixup/CutMix distributions ``(B, K)``; for the latter the argmax is
+    the class with the larger mixing weight. Label smoothing maps a distribution ``t`` to ``(1-ε)·t + ε/K``, which
+    keeps its argmax, so smoothed and unsmoothed targets count alike (an exact 50/50 mix is a tie; ``argmax``
+    then takes the lower class index). Issue 10: DeiT's hard teacher can only add information on views whose
+    label it changes.
+    """
+    truth = targets.argmax(dim=-1) if targets.ndim == 2 else targets
+    return (teacher_logits.detach().argmax(dim=-1) != truth).sum()
+
+
 class LossParts(NamedTuple):
     """What :class:`DistillationLoss` returns; ``total`` is what gets back-propagated."""
 
     base: torch.Tensor  # supervised term on the class head (for a distilled student with type none: both heads)
     distill: torch.Tensor  # distillation term (0 when distillation_type == "none")
     total: torch.Tensor
+    # Views of the batch whose teacher argmax differs from the target's argmax (:func:`teacher_disagreement`),
+    # an integer tensor; None when no teacher ran.
+    teacher_disagree: torch.Tensor | None = None
 
 
 class DistillationLoss:
@@ -169,7 +185,8 @@ class DistillationLoss:
         teacher_logits = self._teacher_logits(inputs, kd_logits)
         token = isinstance(outputs, DistilledLogits)
         distill = self.distill_term(kd_logits, teacher_logits, distillation_token=token)  # detaches the teacher
-        return LossParts(base, distill, (1 - self.alpha) * base + self.alpha * distill)
+        total = (1 - self.alpha) * base + self.alpha * distill
+        return LossParts(base, distill, total, teacher_disagreement(teacher_logits, targets))
 
     def _teacher_logits(self, inputs: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
         """The teacher on the student's batch, with a one-line error naming both shapes when they do not fit."""

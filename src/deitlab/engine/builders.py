@@ -105,6 +105,8 @@ def _folder_data(cfg: Config) -> Data:
         raise ConfigError("data.dataset=imagefolder needs data.path (--data-path DIR with DIR/train/<class>/...)")
     if cfg.data.pad:
         raise ConfigError("data.pad zero-pads in-memory MNIST-style images; it does not apply to an image folder")
+    if cfg.data.limit_train and cfg.data.limit_train_mode != "first":
+        raise ConfigError("data.limit_train_mode=stratified applies to in-memory data sets, not an image folder")
     a, size = cfg.aug, folder_img_size(cfg)
     splits = open_folder_splits(
         cfg.data.path, eval_split=cfg.data.eval_split, want_test=cfg.data.test_at_end,
@@ -124,7 +126,9 @@ def build_data(cfg: Config) -> Data:
     if cfg.data.stream:
         raise ConfigError("data.stream only applies to data.dataset=imagefolder with a data.path")
     train = _read(cfg, "train")
-    if cfg.data.limit_train:
+    if cfg.data.limit_train and cfg.data.limit_train_mode == "stratified":
+        train = train.subset(stratified_indices(train.labels, cfg.data.limit_train, seed=cfg.data.limit_train_seed))
+    elif cfg.data.limit_train:
         train = train.subset(range(min(cfg.data.limit_train, len(train))))
     evalset = _read(cfg, cfg.data.eval_split)
     if cfg.data.limit_eval:
@@ -139,6 +143,32 @@ def build_data(cfg: Config) -> Data:
             raise ConfigError(f"{s.name} holds no images")
     img_size = int(cfg.model.img_size or train.img_size[0])
     return Data(train, evalset, test, img_size, cfg.data.eval_split, "test" if test is not None else None)
+
+
+def stratified_indices(labels: torch.Tensor, n: int, *, seed: int = 0) -> torch.Tensor:
+    """``n`` indices (sorted), as evenly spread over the classes as their sizes allow, each class's drawn from a
+    seeded permutation of that class (``data.limit_train_mode=stratified``).
+
+    Class c gets ``⌊n/K⌋`` or ``⌈n/K⌉`` images (the extra ones go to the lowest class indices); a class with fewer
+    images gives all of them and the rest is shared among the others. ``n`` ≥ the set's size takes everything.
+    The draws of one class do not depend on ``n``, so a smaller subset is contained in a larger one (same seed).
+    """
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.unique(labels).tolist()
+    members = [torch.nonzero(labels == c).flatten() for c in classes]
+    members = [m[torch.randperm(len(m), generator=g)] for m in members]
+    sizes = [len(m) for m in members]
+    quota = [0] * len(classes)
+    left = min(n, len(labels))
+    while left > 0:
+        open_ = [i for i, q in enumerate(quota) if q < sizes[i]]
+        share = left // len(open_)
+        for i in open_:
+            extra = min(share, sizes[i] - quota[i]) if share else int(left > 0)
+            quota[i] += extra
+            left -= extra
+    picked = [m[:q] for m, q in zip(members, quota)]
+    return torch.cat(picked).sort().values if picked else torch.zeros(0, dtype=torch.long)
 
 
 def build_model(cfg: Config, data: Data) -> nn.Module:

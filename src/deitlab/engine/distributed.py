@@ -106,6 +106,15 @@ def broadcast_flag(flag: bool | torch.Tensor, info: DistInfo) -> bool:
     return bool(all_reduce_tensor(t, op="max").item() > 0)
 
 
+def sum_across(values: list[float], info: DistInfo) -> list[float]:
+    """Element-wise sums of ``values`` over all ranks (the values themselves in a plain run)."""
+    if not (info.enabled and dist.is_initialized()):
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from deitlab.distill.losses import LossParts
-from deitlab.engine.distributed import broadcast_flag
+from deitlab.engine.distributed import broadcast_flag, sum_across
 from deitlab.engine.evaluate import EvalCounts, autocast, evaluate, summarize
 from deitlab.engine.optim import set_lr
 from deitlab.engine.run import Batches, Run, StepOutcome
@@ -191,6 +191,8 @@ def end_of_epoch(run: Run, state: TrainState, stats: EpochStats, teacher: Teache
         "img_per_s": sums.n * run.dist.world_size / max(sums.seconds, MIN_SECONDS),
         "epoch_seconds": stats.wall_seconds,
     }  # fmt: skip
+    if run.teacher is not None:  # the same on every rank: the collective inside is safe
+        row.update(teacher_disagree_row(state, run))
     report = EpochReport(row)
     if (state.epoch + 1) % run.settings.eval_every == 0 or state.epoch + 1 == run.settings.epochs:
         report.counts, report.metrics = evaluate_model(run, run.model, run.eval_batches, "", teacher)
@@ -199,6 +201,13 @@ def end_of_epoch(run: Run, state: TrainState, stats: EpochStats, teacher: Teache
         row.update(report.metrics)
     row.update(teacher.metrics)
     return report
+
+
+def teacher_disagree_row(state: TrainState, run: Run) -> dict[str, float]:
+    """``train_teacher_disagree``: 100 × views the teacher labelled differently from their target / views, over the
+    epoch's steps taken on all processes (issue 10); empty when no step was taken."""
+    disagree, views = sum_across([state.sums.teacher_disagree, state.sums.teacher_views], run.dist)
+    return {"train_teacher_disagree": 100.0 * disagree / views} if views else {}
 
 
 @dataclass

@@ -54,12 +54,17 @@ class EpochSums:
     skipped: int = 0  # steps skipped by the non-finite guard
     scaler_skipped: int = 0  # fp16: updates the loss scaler skipped for an inf/NaN gradient (not the guard's)
     seconds: float = 0.0  # time spent in training steps
+    teacher_disagree: int = 0  # views (of steps taken) the teacher labelled differently from their target
+    teacher_views: int = 0  # views of steps taken on which the teacher ran
 
     def add(self, parts: LossParts, n: int) -> None:
         self.loss += float(parts.total.detach()) * n
         self.base += float(parts.base.detach()) * n
         self.distill += float(parts.distill.detach()) * n
         self.n += n
+        if parts.teacher_disagree is not None:
+            self.teacher_disagree += int(parts.teacher_disagree)
+            self.teacher_views += n
 
 
 @dataclass
