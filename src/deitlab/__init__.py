@@ -8,6 +8,7 @@ from deitlab.models import (
     list_models,
     register_model,
 )
+from deitlab.optimize import optimize_for
 
 __version__ = "0.1.0"
 
@@ -18,5 +19,6 @@ __all__ = [
     "__version__",
     "create_model",
     "list_models",
+    "optimize_for",
     "register_model",
 ]

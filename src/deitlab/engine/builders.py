@@ -141,7 +141,8 @@ def build_teacher(cfg: Config, data: Data, device: torch.device) -> FrozenTeache
         cfg.teacher.model, cfg.teacher.path,
         num_classes=data.train.num_classes, in_chans=data.train.in_chans, img_size=data.img_size,
     )  # fmt: skip
-    teacher = FrozenTeacher(model, precision=cfg.train.precision, channels_last=cfg.teacher.channels_last)
+    precision = "fp32" if cfg.train.precision == "auto" else cfg.train.precision  # auto: resolved by tune_run
+    teacher = FrozenTeacher(model, precision=precision, channels_last=cfg.teacher.channels_last)
     return teacher.to(device)
 
 

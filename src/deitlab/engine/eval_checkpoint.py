@@ -13,6 +13,7 @@ from deitlab.config import config_from_dict
 from deitlab.data import EvalAugment, load_dataset
 from deitlab.engine.builders import check_precision, eval_batches, resolve_device
 from deitlab.engine.evaluate import evaluate, summarize
+from deitlab.engine.tuning import tune_for_eval
 from deitlab.errors import CheckpointError, ConfigError
 from deitlab.io import read_checkpoint
 from deitlab.models import create_model
@@ -40,7 +41,7 @@ def evaluate_checkpoint(
     data_path: str | None = None,
     split: str = "test",
     batch_size: int = 512,
-    precision: str = "fp32",
+    precision: str = "auto",
     model_name: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a deitlab checkpoint (file or run directory) on ``dataset``/``split``.
@@ -76,6 +77,8 @@ def evaluate_checkpoint(
     crop = cfg.aug.eval_crop_pct if cfg else 1.0
     interp = cfg.aug.interpolation if cfg else "bicubic"
     transform = EvalAugment(img_size=img_size, mean=data.mean, std=data.std, crop_pct=crop, interpolation=interp)
+    precision = tune_for_eval(model, precision, device=device, in_chans=data.in_chans, img_size=img_size,
+                              batch_size=batch_size, images=len(data))  # fmt: skip
     with torch.inference_mode():
         counts, _ = evaluate(
             model, eval_batches(data, batch_size), transform, num_classes=data.num_classes, device=device,
