@@ -19,13 +19,13 @@ import json
 import logging
 import platform
 import time
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from deitlab.analysis.plots import plot_curves
-from deitlab.config import build_config, load_yaml
+from deitlab.config import build_config
+from deitlab.config.recipes import load_recipe
 from deitlab.engine import train
 
 RESULTS = Path(__file__).parent / "results"
@@ -41,19 +41,18 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(2)
     out = Path(args.out)
-    recipes = resources.files("deitlab.configs")
     common = ["train.overwrite=true", "train.progress=false"] + (
         [f"data.path={args.data_path}"] if args.data_path else []
     )
     t_over = common + [f"train.output_dir={out / 'teacher'}"]
     if args.teacher_epochs:
         t_over.append(f"train.epochs={args.teacher_epochs}")
-    teacher_cfg = build_config(base=load_yaml(Path(str(recipes / "demo_teacher.yaml"))), overrides=t_over)
+    teacher_cfg = build_config(["demo_teacher"], t_over)
     t0 = time.perf_counter()
     teacher = train(teacher_cfg)
     teacher_row = {"run": "teacher", "model": teacher_cfg.model.name, "test_acc": teacher.final["test_acc"],
                    "img_per_s": teacher.images_per_second, "seconds": time.perf_counter() - t0}  # fmt: skip
-    student_base = load_yaml(Path(str(recipes / "demo_student.yaml")))
+    student_base = load_recipe("demo_student")
     distilled = student_base["model"]["name"]  # the demo's student, and its twin without a distillation token
     plain = distilled.replace("_distilled", "")
     weights = out / "teacher" / "model.safetensors"

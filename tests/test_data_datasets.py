@@ -14,7 +14,8 @@ from PIL import Image
 
 from deitlab.data import (
     DATASETS,
-    ImageFolderStream,
+    EvalGeometry,
+    ImageFolder,
     ImageSet,
     dataset_names,
     load_dataset,
@@ -216,10 +217,11 @@ def test_imagefolder_empty_and_missing(tmp_path):
         load_dataset("imagefolder", split="val", root=tmp_path)
 
 
-def test_imagefolder_stream_with_workers(tmp_path):
+def test_imagefolder_dataset_with_workers_and_bad_files(tmp_path):
     root = make_folder(tmp_path, per_class=4)
     (root / "train" / "cat" / "zz_bad.png").write_bytes(b"garbage")
-    stream = ImageFolderStream(root, split="train", img_size=16, bad_images="skip")
+    # crop_pct=1: resize + centre crop, the same geometry read_image_folder decodes with (bicubic, antialiased)
+    stream = ImageFolder(root, split="train", geometry=EvalGeometry(16, crop_pct=1.0), bad_images="skip")
     mem = load_dataset("imagefolder", split="train", root=root, img_size=16, bad_images="skip")
     dl = torch.utils.data.DataLoader(stream, batch_size=3, num_workers=2, multiprocessing_context="fork")
     xs, ys = zip(*dl)
@@ -227,9 +229,12 @@ def test_imagefolder_stream_with_workers(tmp_path):
     assert x.dtype == torch.uint8 and x.shape == (9, 3, 16, 16)
     assert torch.equal(x[:4], mem.images[:4]) and torch.equal(x[5:], mem.images[4:])  # bad file -> next one
     assert y.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1]
-    strict = ImageFolderStream(root, split="train", img_size=16)
+    strict = ImageFolder(root, split="train", geometry=EvalGeometry(16, crop_pct=1.0))
     with pytest.raises(DataError, match="zz_bad.png"):
         strict[4]
+    stream.load_into_memory()  # in memory, an unreadable file is dropped instead
+    assert len(stream) == 8 and stream.skipped == [str(root / "train" / "cat" / "zz_bad.png")]
+    assert torch.equal(torch.stack([stream[i][0] for i in range(8)]), mem.images)
 
 
 # ----------------------------------------------------------------------------------------------- others

@@ -180,13 +180,46 @@ def test_distillation_loss_parts_and_heads() -> None:
 
     single = torch.randn(4, 3, requires_grad=True)  # no distillation token: Hinton KD on the one head
     parts = soft(x, single, y)
-    torch.testing.assert_close(parts.distill, _kl_by_formula(single, t_logits, 3.0, 4 * 3))
+    torch.testing.assert_close(parts.distill, _kl_by_formula(single, t_logits, 3.0, 4))  # auto: batchmean (÷B)
 
     none = DistillationLoss(F.cross_entropy, None, distillation_type="none", alpha=0.5, tau=1.0)
     parts = none(x, out, y)
     both = (F.cross_entropy(out.cls_logits, y) + F.cross_entropy(out.dist_logits, y)) / 2
     torch.testing.assert_close(parts.total, both)
     assert parts.distill.item() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("reduction", "token_denom", "single_denom"),
+    [("auto", 4 * 5, 4), ("deit", 4 * 5, 4 * 5), ("batchmean", 4, 4)],  # B = 4 images, K = 5 classes
+)
+def test_kl_reduction_by_name_and_auto(reduction: str, token_denom: int, single_denom: int) -> None:
+    """auto = DeiT's ÷(B·K) for a student with a distillation token, Hinton's batchmean (÷B) for classic KD; a
+    reduction given by name applies to both."""
+    g = torch.Generator().manual_seed(3)
+    x, t_logits = torch.randn(4, 6, generator=g), torch.randn(4, 5, generator=g) * 3
+    loss = DistillationLoss(F.cross_entropy, lambda _: t_logits, distillation_type="soft", alpha=0.5, tau=2.0,
+                            reduction=reduction)  # fmt: skip
+    token = DistilledLogits(torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g))
+    single = torch.randn(4, 5, generator=g)
+    y = torch.tensor([0, 1, 2, 3])
+    torch.testing.assert_close(loss(x, token, y).distill, _kl_by_formula(token.dist_logits, t_logits, 2.0, token_denom))
+    torch.testing.assert_close(loss(x, single, y).distill, _kl_by_formula(single, t_logits, 2.0, single_denom))
+
+
+def test_teacher_that_does_not_fit_the_batch_is_one_clear_error() -> None:
+    from deitlab.distill.losses import TeacherShapeError
+
+    def conv_teacher(images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(images.flatten(1), torch.zeros(10, 3 * 224 * 224))
+
+    loss = DistillationLoss(F.cross_entropy, conv_teacher, distillation_type="hard", alpha=0.5, tau=1.0)
+    with pytest.raises(TeacherShapeError, match=r"batch \(2, 3, 32, 32\) \(mat1 and mat2 shapes .*img_size"):
+        loss(torch.zeros(2, 3, 32, 32), torch.zeros(2, 10), torch.tensor([0, 1]))
+    wide = DistillationLoss(F.cross_entropy, lambda _: torch.zeros(2, 1000), distillation_type="soft", alpha=0.5,
+                            tau=1.0)  # fmt: skip
+    with pytest.raises(TeacherShapeError, match=r"logits \(2, 1000\) do not match the student's \(2, 10\)"):
+        wide(torch.zeros(2, 3, 32, 32), torch.zeros(2, 10), torch.tensor([0, 1]))
 
 
 def test_no_gradient_reaches_the_teacher_and_it_stays_in_eval() -> None:

@@ -13,14 +13,14 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from deitlab.analysis.plots import plot_confusion, plot_curves
-from deitlab.config import Config, build_config, load_yaml
+from deitlab.config import Config, build_config
+from deitlab.config.recipes import load_recipe
 from deitlab.data import load_dataset
 from deitlab.data.datasets import FASHION_MNIST_DEFAULT_ROOT
 from deitlab.engine import TrainResult, train
@@ -55,7 +55,7 @@ class DemoResult:
 
 
 def _recipe(name: str) -> dict[str, Any]:
-    return load_yaml(Path(str(resources.files("deitlab.configs") / name)))
+    return load_recipe(name.removesuffix(".yaml"))
 
 
 def pick_dataset(requested: str | None, data_path: str | None) -> str:

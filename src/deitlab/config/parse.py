@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from deitlab.config.recipes import config_source
 from deitlab.config.schema import CHOICES, RESUMABLE_KEYS, Config, changed_keys, get_value, validate
 from deitlab.errors import ConfigError
 
@@ -147,12 +148,14 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def build_config(files: list[str | Path] = (), overrides: list[str] = (), base: dict[str, Any] | None = None) -> Config:
-    """Defaults <- ``base`` <- each YAML file <- each ``key=value`` override, then :func:`validate`."""
+    """Defaults <- ``base`` <- each config (a YAML file, or the name of a shipped recipe: ``deit_small``) <- each
+    ``key=value`` override, then :func:`validate`."""
     cfg = Config()
     if base:
         merge_dict(cfg, base)
     for f in files:
-        merge_dict(cfg, load_yaml(f))
+        source = config_source(f)
+        merge_dict(cfg, source if isinstance(source, dict) else load_yaml(source))
     for o in overrides:
         set_value(cfg, *parse_override(o))
     validate(cfg)

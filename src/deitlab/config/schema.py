@@ -22,6 +22,7 @@ class ModelConfig:
     drop_rate: float = 0.0
     channels_last: bool = False  # NHWC weights/activations: faster convolutions (CNN students) on CPU and GPU
     kwargs: dict[str, Any] = field(default_factory=dict)  # any other create_model override
+    finetune: str | None = None  # start from these weights (pos-embed resampled, new head if needed)
 
 
 @dataclass
@@ -29,6 +30,7 @@ class TeacherConfig:
     model: str | None = None  # registry name, timm:<name> or torchvision:<name>; None: from the checkpoint
     path: str | None = None
     channels_last: bool = True
+    img_size: int | None = None  # the teacher's input side; None: its own (a ViT's grid) or the student's
 
 
 @dataclass
@@ -36,7 +38,9 @@ class DistillConfig:
     type: str = "none"  # none | soft | hard
     alpha: float = 0.5
     tau: float = 1.0
-    reduction: str = "deit"  # deit (sum / numel, official code) | batchmean (timm)
+    # soft KD's KL reduction: auto (deit for a student with a distillation token, batchmean for one without) |
+    # deit (sum / (batch x classes), the official code) | batchmean (sum / batch: Hinton's KD, timm)
+    reduction: str = "auto"
     teacher_label_smoothing: float = 0.0
 
 
@@ -49,7 +53,8 @@ class DataConfig:
     val_fraction: float | None = None
     repeated_aug: int = 1  # DeiT: 3 (helps large batches, hurts small ones)
     bad_images: str = "error"  # error | skip (ImageFolder)
-    stream: bool = False  # ImageFolder too large for memory: decode per batch in DataLoader workers
+    stream: bool | None = None  # ImageFolder: None = in memory when it fits memory_budget_gb, else streamed
+    memory_budget_gb: float | None = None  # None: a quarter of RAM / processes per node
     workers: int = 4  # DataLoader workers when streaming
     pad: int = 0  # zero-pad every image by this many pixels per side at load time (28 -> 32 px with pad=2)
     limit_train: int | None = None  # use only the first N training images (quick runs)
@@ -109,6 +114,13 @@ class TrainConfig:
     max_nonfinite: int = 10  # consecutive non-finite steps before the run stops
     progress: bool = True
     deterministic: bool = False
+    headline_weights: str = "raw"  # raw | ema: whose top-1 results.json's headline quotes (ema needs train.ema)
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = 50  # one steps.jsonl row every this many optimizer steps (rank 0; 0 = off)
+    tensorboard: bool = False  # TensorBoard scalars in <run>/tensorboard (needs: pip install 'deitlab[tensorboard]')
 
 
 @dataclass
@@ -120,6 +132,7 @@ class Config:
     aug: AugConfig = field(default_factory=AugConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,16 +171,19 @@ ALIASES: dict[str, str] = {
     "device": "train.device",
     "model-ema": "train.ema",
     "model-ema-decay": "train.ema_decay",
+    "finetune": "model.finetune",
+    "num-workers": "data.workers",
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "distill.type": ("none", "soft", "hard"),
-    "distill.reduction": ("deit", "batchmean"),
+    "distill.reduction": ("auto", "deit", "batchmean"),
     "optim.name": ("adamw", "sgd"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.compile": ("auto", "always", "never"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.fusion": ("logits", "softmax"),
+    "train.headline_weights": ("raw", "ema"),
     "data.bad_images": ("error", "skip"),
     "data.eval_split": ("val", "test"),
     "aug.interpolation": ("bilinear", "bicubic"),
@@ -202,6 +218,8 @@ def changed_keys(cfg: Config, reference: Config | None = None) -> dict[str, Any]
 RESUMABLE_KEYS = frozenset({
     "train.resume", "train.epochs", "train.progress", "train.checkpoint_every_steps", "train.keep_last",
     "train.threads", "train.device", "train.eval_every", "train.max_nonfinite", "data.path", "teacher.path",
+    "train.headline_weights", "log.every_steps", "log.tensorboard",
+    "data.stream", "data.memory_budget_gb", "data.workers",  # image folders: same pixels in memory or streamed
 })  # fmt: skip
 
 
@@ -232,9 +250,14 @@ def validate(cfg: Config) -> None:
         ("train.max_nonfinite", cfg.train.max_nonfinite, cfg.train.max_nonfinite >= 1, ">= 1"),
         ("train.checkpoint_every_steps", cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_steps >= 0,
          ">= 0 (0 = epoch ends only)"),
+        ("log.every_steps", cfg.log.every_steps, cfg.log.every_steps >= 0, ">= 0 (0 = no step log)"),
     ]  # fmt: skip
     if cfg.data.eval_batch_size is not None:
         checks.append(("data.eval_batch_size", cfg.data.eval_batch_size, cfg.data.eval_batch_size >= 1, ">= 1"))
+    if cfg.data.memory_budget_gb is not None:
+        checks.append(("data.memory_budget_gb", cfg.data.memory_budget_gb, cfg.data.memory_budget_gb > 0, "> 0 GiB"))
+    if cfg.teacher.img_size is not None:
+        checks.append(("teacher.img_size", cfg.teacher.img_size, cfg.teacher.img_size >= 1, ">= 1 pixel"))
     if cfg.optim.clip_grad is not None:
         checks.append(("optim.clip_grad", cfg.optim.clip_grad, cfg.optim.clip_grad > 0, "> 0 or none"))
     if cfg.aug.crop_scale is not None:
@@ -248,6 +271,8 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
+    if cfg.train.headline_weights == "ema" and not cfg.train.ema:
+        raise ConfigError("train.headline_weights='ema' needs an EMA: set train.ema=true (--model-ema) or use raw")
     if cfg.distill.type != "none" and not (cfg.teacher.model or cfg.teacher.path):
         raise ConfigError(
             f"distill.type={cfg.distill.type!r} needs a teacher: set teacher.path (--teacher-path) "

@@ -9,12 +9,13 @@ from deitlab.data.augment import (
     random_resized_crop_flip,
 )
 from deitlab.data.datasets import DATASETS, DatasetInfo, dataset_names, dataset_spec, load_dataset
+from deitlab.data.geometry import EvalGeometry, TrainGeometry
 from deitlab.data.imageset import DatasetSpec, ImageSet, stratified_holdout
 from deitlab.data.loader import BatchLoader
 from deitlab.data.mix import Mixup, one_hot_smooth
 from deitlab.data.randaugment import RandAugment, apply_op, parse_rand_augment
 from deitlab.data.readers.idx import read_idx
-from deitlab.data.readers.imagefolder import ImageFolderStream, read_image_folder
+from deitlab.data.readers.imagefolder import ImageFolder, read_image_folder
 from deitlab.data.readers.synthetic import make_synthetic
 from deitlab.data.samplers import RASampler, ShuffleSampler
 
@@ -24,13 +25,15 @@ __all__ = [
     "DatasetInfo",
     "DatasetSpec",
     "EvalAugment",
-    "ImageFolderStream",
+    "EvalGeometry",
+    "ImageFolder",
     "ImageSet",
     "Mixup",
     "RASampler",
     "RandAugment",
     "ShuffleSampler",
     "TrainAugment",
+    "TrainGeometry",
     "apply_op",
     "dataset_names",
     "dataset_spec",

@@ -1,8 +1,10 @@
-"""Batches straight from an in-memory :class:`~deitlab.data.imageset.ImageSet`: one tensor index per batch.
+"""Training batches in the sampler's order, with ``set_epoch``/``skip`` for exact mid-epoch resume.
 
-No per-image workers: the sampler's epoch order is cut into batches and each batch is ``images[idx]``. The
-augmentation then runs batched on the device (``augment.py``), so the loader is never the bottleneck for
-data sets that fit in memory. For those that do not, see ``ImageFolderStream``.
+- :class:`BatchLoader`: an in-memory :class:`~deitlab.data.imageset.ImageSet` (MNIST, CIFAR, ...), one tensor index
+  per batch and no per-image workers; the augmentation then runs batched on the device (``augment.py``).
+- :class:`StreamLoader`: a per-image Dataset (:class:`~deitlab.data.readers.imagefolder.ImageFolder`) whose
+  DataLoader workers decode each image and apply its geometry; it hands the dataset ``(index, epoch, position)``
+  keys, so each sample's random crop is a function of where it sits in the epoch, not of the worker that loads it.
 """
 
 from __future__ import annotations
@@ -94,9 +96,11 @@ class BatchLoader(_EpochBatches):
 
 
 class StreamLoader(_EpochBatches):
-    """The :class:`BatchLoader` interface over a decoding ``Dataset`` (e.g. ``ImageFolderStream``) too large for
-    memory: the sampler's epoch order is cut into batches and a ``DataLoader`` with ``workers`` processes decodes
-    them. Batches are uint8 ``(B, C, H, W)`` like the in-memory path, so augmentation stays batched on the device.
+    """The :class:`BatchLoader` interface over a per-image ``Dataset`` (an ImageFolder): the sampler's epoch order is
+    cut into batches and a ``DataLoader`` with ``workers`` processes loads them, each item keyed
+    ``(index, epoch, position)`` -- ``position`` = the item's place in the epoch over all processes
+    (``rank + world * local_position``). Batches are uint8 ``(B, C, H, W)`` like the in-memory path, so the rest
+    of the augmentation stays batched on the device; ``pin_memory`` pins them for fast copies to a GPU.
     """
 
     def __init__(
@@ -107,21 +111,43 @@ class StreamLoader(_EpochBatches):
         sampler: RASampler,
         drop_last: bool,
         workers: int = 4,
+        pin_memory: bool = False,
     ) -> None:
         if workers < 0:
             raise ConfigError(f"workers={workers} must be >= 0")
         super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
-        self.workers = workers
+        self.workers, self.pin_memory = workers, pin_memory
+
+    def keyed_batches(self) -> list[list[tuple[int, int, int]]]:
+        """This epoch's remaining batches as dataset keys ``(index, epoch, position)``."""
+        start = self._start
+        epoch, rank, world = self.sampler.epoch, self.sampler.rank, self.sampler.num_replicas
+        out = []
+        for b, idx in enumerate(self._batches(), start=start):
+            first = b * self.batch_size
+            out.append([(i, epoch, rank + world * (first + j)) for j, i in enumerate(idx.tolist())])
+        return out
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        batches = [b.tolist() for b in self._batches()]
+        batches = self.keyed_batches()
         if batches:
-            yield from torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers)
+            yield from _data_loader(self.dataset, batches, self.workers, self.pin_memory)
 
 
 def sequential_batches(dataset: torch.utils.data.Dataset, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                       workers: int = 4) -> torch.utils.data.DataLoader:  # fmt: skip
-    """Evaluation batches of a decoding ``Dataset``: the unpadded shard ``rank::world_size``, in order."""
+                       workers: int = 4, pin_memory: bool = False) -> torch.utils.data.DataLoader:  # fmt: skip
+    """Evaluation batches of a per-image ``Dataset``: the unpadded shard ``rank::world_size``, in order."""
     shard = list(range(rank, len(dataset), world_size))
     batches = [shard[i : i + batch_size] for i in range(0, len(shard), batch_size)]
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers)
+    return _data_loader(dataset, batches, workers, pin_memory)
+
+
+def _data_loader(
+    dataset: torch.utils.data.Dataset, batches: list, workers: int, pin: bool
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over fixed batches of keys. Its own generator: every ``iter()`` of a DataLoader draws a worker base
+    seed, which would otherwise come from torch's global RNG and shift it -- a run resumed mid-epoch (one more
+    ``iter()``) would then drop different paths than the uninterrupted run. The crops never use that seed."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin, generator=torch.Generator()
+    )

@@ -6,17 +6,38 @@ calls: it runs the frozen teacher on the same (mixed) images the student saw and
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from deitlab.errors import ConfigError
+from deitlab.errors import ConfigError, DeitlabError
 from deitlab.models.vit import DistilledLogits
 
 DISTILLATION_TYPES = ("none", "soft", "hard")
 KL_REDUCTIONS = ("deit", "batchmean")
+# What DistillationLoss accepts: the two reductions by name, or auto (see resolve_reduction).
+LOSS_REDUCTIONS = ("auto", *KL_REDUCTIONS)
+
+
+# How PyTorch (and timm's asserts) word a tensor that does not fit a layer: "shapes cannot be multiplied",
+# "size mismatch", "Expected input ... channels", "doesn't match model (224*224)".
+SHAPE_WORDS = re.compile(r"shape|size|dimension|channels|match", re.IGNORECASE)
+
+
+class TeacherShapeError(DeitlabError):
+    """The teacher cannot take the student's batch, or predicts another number of classes (exit code 1)."""
+
+
+def resolve_reduction(reduction: str, *, distillation_token: bool) -> str:
+    """The KL reduction a loss uses: ``deit`` and ``batchmean`` as named; ``auto`` = ``deit`` for a student with a
+    distillation token (DeiT's own setting, so DeiT recipes match the official code) and ``batchmean`` for
+    classic KD on a single head (Hinton's loss: DeiT's ÷(B·K) would make the soft term K times weaker)."""
+    if reduction == "auto":
+        return "deit" if distillation_token else "batchmean"
+    return reduction
 
 
 def soft_distillation(
@@ -78,6 +99,8 @@ class DistillationLoss:
       (:func:`hard_distillation`); with α = ½ the hard loss is DeiT's eq. 3.
     - A student with a distillation token gets the base loss on ``head`` and the distillation term on
       ``head_dist``; a student without one gets classic Hinton KD on its single head.
+    - ``reduction`` (soft only): ``auto`` picks ``deit`` for token students and ``batchmean`` for classic KD
+      (:func:`resolve_reduction`); ``deit`` or ``batchmean`` force one for both.
     - ``none``: only the supervised loss. For a distilled student both heads then learn the labels (averaged),
       so that the fused prediction stays meaningful; DeiT's code would leave ``head_dist`` untrained.
 
@@ -93,7 +116,7 @@ class DistillationLoss:
         distillation_type: str,
         alpha: float,
         tau: float,
-        reduction: str = "deit",
+        reduction: str = "auto",
         teacher_label_smoothing: float = 0.0,
     ) -> None:
         if distillation_type not in DISTILLATION_TYPES:
@@ -102,8 +125,8 @@ class DistillationLoss:
             raise ConfigError(f"distillation alpha={alpha!r} must be in [0, 1]")
         if tau <= 0:
             raise ConfigError(f"distillation tau={tau!r} must be > 0")
-        if reduction not in KL_REDUCTIONS:
-            raise ConfigError(f"KL reduction={reduction!r} is not one of {KL_REDUCTIONS}")
+        if reduction not in LOSS_REDUCTIONS:
+            raise ConfigError(f"KL reduction={reduction!r} is not one of {LOSS_REDUCTIONS}")
         if distillation_type != "none" and teacher is None:
             raise ConfigError(
                 f"distillation type {distillation_type!r} needs a teacher (--teacher-model/--teacher-path)"
@@ -120,9 +143,13 @@ class DistillationLoss:
     def teacher(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         return self._teacher
 
-    def distill_term(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    def distill_term(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, distillation_token: bool = False
+    ) -> torch.Tensor:
+        """The distillation term on ``student_logits`` (the distillation head, or the only head)."""
         if self.distillation_type == "soft":
-            return soft_distillation(student_logits, teacher_logits, tau=self.tau, reduction=self.reduction)
+            reduction = resolve_reduction(self.reduction, distillation_token=distillation_token)
+            return soft_distillation(student_logits, teacher_logits, tau=self.tau, reduction=reduction)
         return hard_distillation(student_logits, teacher_logits, label_smoothing=self.teacher_label_smoothing)
 
     def __call__(
@@ -139,7 +166,28 @@ class DistillationLoss:
                 base = (base + self.base_criterion(kd_logits, targets)) / 2
             return LossParts(base, base.new_zeros(()), base)
         base = self.base_criterion(cls_logits, targets)
-        with torch.no_grad():
-            teacher_logits = self._teacher(inputs)  # type: ignore[misc]
-        distill = self.distill_term(kd_logits, teacher_logits)  # the distillation terms detach the teacher
+        teacher_logits = self._teacher_logits(inputs, kd_logits)
+        token = isinstance(outputs, DistilledLogits)
+        distill = self.distill_term(kd_logits, teacher_logits, distillation_token=token)  # detaches the teacher
         return LossParts(base, distill, (1 - self.alpha) * base + self.alpha * distill)
+
+    def _teacher_logits(self, inputs: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+        """The teacher on the student's batch, with a one-line error naming both shapes when they do not fit."""
+        try:
+            with torch.no_grad():
+                out = self._teacher(inputs)  # type: ignore[misc]
+        except (RuntimeError, AssertionError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            if isinstance(e, torch.OutOfMemoryError) or not SHAPE_WORDS.search(first):
+                raise
+            raise TeacherShapeError(
+                f"the teacher cannot take the student's input batch {tuple(inputs.shape)} ({first}); give the "
+                "student the teacher's input size (model.img_size) or use a teacher made for this data"
+            ) from e
+        if out.shape != student_logits.shape:
+            raise TeacherShapeError(
+                f"the teacher's logits {tuple(out.shape)} do not match the student's {tuple(student_logits.shape)}:"
+                " the teacher predicts another number of classes; set teacher.path/teacher.model to a teacher "
+                "trained on this data set's classes"
+            )
+        return out

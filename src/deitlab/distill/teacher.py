@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from deitlab.errors import CheckpointError, ConfigError
@@ -33,7 +34,13 @@ class FrozenTeacher:
     """
 
     def __init__(
-        self, model: nn.Module, *, precision: str = "fp32", channels_last: bool = False, fusion: str = "logits"
+        self,
+        model: nn.Module,
+        *,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        fusion: str = "logits",
+        input_size: int | None = None,
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigError(f"teacher precision={precision!r} is not one of {PRECISIONS}")
@@ -41,6 +48,7 @@ class FrozenTeacher:
         self.precision = precision
         self.channels_last = channels_last
         self.fusion = fusion
+        self.input_size = input_size  # None: the student's images as they are; else resized (see fit_resolution)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
 
@@ -63,6 +71,7 @@ class FrozenTeacher:
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = fit_resolution(x, self.input_size)
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
@@ -73,6 +82,35 @@ class FrozenTeacher:
         if isinstance(out, DistilledLogits):
             out = out.fused(self.fusion)
         return out.float()
+
+
+# ---- the teacher's resolution ---------------------------------------------------------------------------------
+def fit_resolution(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """The student's (augmented, mixed) batch at the teacher's input side ``size``: antialiased bicubic resize.
+
+    Fine-tuning a student at a new resolution (DeiT's 224 -> 384) keeps the teacher at its own: it sees the very
+    images the student sees, resized (DeiT's official code raises NotImplementedError for this case). Resizing is
+    linear, so resizing the normalised batch equals normalising the resized one. ``None`` or a batch already at
+    ``size`` passes unchanged.
+    """
+    if size is None or tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+
+
+def teacher_input_size(model: nn.Module, requested: int | None, student_size: int) -> int:
+    """The side the teacher's inputs are resized to: ``requested`` (``teacher.img_size``), else the teacher's own
+    fixed input size (a ViT's patch grid), else the student's (a CNN takes any size)."""
+    if requested is not None:
+        return int(requested)
+    own = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if own is not None:
+        own = own if isinstance(own, int) else own[0]
+        if own != student_size:
+            log.info("teacher: a %d px model; it sees the student's %d px images resized to %d px", own, student_size,
+                     own)  # fmt: skip
+        return int(own)
+    return int(student_size)
 
 
 def _from_foreign(name: str, path: str | Path | None, num_classes: int) -> nn.Module:

@@ -27,15 +27,26 @@ from deitlab.engine.builders import (
     build_train_loader,
     create_run_dir,
     eval_batches,
+    pin_memory,
     resolve_run_dir,
 )
-from deitlab.engine.callbacks import Checkpointer, EpochLog, ProgressBar, StopOnSignal, WeightFiles
+from deitlab.engine.callbacks import (
+    Checkpointer,
+    EpochLog,
+    ProgressBar,
+    StepLog,
+    StopOnSignal,
+    TensorBoardLog,
+    WeightFiles,
+    check_tensorboard,
+)
 from deitlab.engine.checkpoint import load_resume
 from deitlab.engine.distributed import DistInfo
 from deitlab.engine.ema import ModelEma
 from deitlab.engine.optim import build_optimizer, lr_at, scaled_lr
 from deitlab.engine.run import Batches, Callbacks, Run, Schedule, Settings
 from deitlab.engine.runlog import RunLog
+from deitlab.engine.scaler import StepScaler
 from deitlab.engine.tuning import save_plans, tune_run
 
 # The augmentation stream is seeded apart from torch's global one (seed + rank). Multiplying by a prime (the
@@ -48,6 +59,8 @@ FUSION_HEADS = {"logits": "fused", "softmax": "fused_softmax"}
 def build_run(cfg: Config, *, device: torch.device, dist: DistInfo) -> Run:
     """Build everything a training run needs from ``cfg`` (merged with its checkpoint when resuming)."""
     resume, cfg = _resume(cfg)
+    if cfg.log.tensorboard and dist.is_main:
+        check_tensorboard()  # before anything is built: a missing package is a one-line error, not a lost log
     _seed_process(cfg, dist)
     run_dir = resolve_run_dir(cfg, is_main=dist.is_main)
     data = build_data(cfg)
@@ -76,7 +89,8 @@ def build_run(cfg: Config, *, device: torch.device, dist: DistInfo) -> Run:
         schedule=_schedule(cfg, settings), train_aug=train_aug, eval_aug=eval_aug,
         mixup=mixup if mixup is not None else _no_mixing, aug_gen=aug_gen, loader=loader, eval_batches=eval_set,
         test_batches=test_set, ema=ema, settings=settings, log=RunLog(run_dir, enabled=dist.is_main),
-        callbacks=_callbacks(cfg, dist), resume=resume,
+        scaler=StepScaler(device.type, enabled=cfg.train.precision == "fp16"), callbacks=_callbacks(cfg, dist),
+        resume=resume,
     )  # fmt: skip
 
 
@@ -106,7 +120,7 @@ def _build_student(cfg: Config, data: Data, device: torch.device) -> nn.Module:
 def _eval_sets(cfg: Config, data: Data, dist: DistInfo) -> tuple[Batches, Batches | None]:
     """This process's shard of the evaluation split and, when the test split is evaluated at the end, of that."""
     batch_size = cfg.data.eval_batch_size or EVAL_BATCH_FACTOR * cfg.data.batch_size
-    shard = dict(rank=dist.rank, world_size=dist.world_size, workers=cfg.data.workers)
+    shard = dict(rank=dist.rank, world_size=dist.world_size, workers=cfg.data.workers, pin_memory=pin_memory(cfg))
     test = eval_batches(data.test, batch_size, **shard) if data.test is not None else None
     return eval_batches(data.eval, batch_size, **shard), test
 
@@ -116,6 +130,7 @@ def _settings(cfg: Config, *, steps_per_epoch: int) -> Settings:
         epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch, precision=cfg.train.precision,
         main_head=FUSION_HEADS[cfg.train.fusion], eval_every=cfg.train.eval_every,
         max_nonfinite=cfg.train.max_nonfinite, clip_grad=cfg.optim.clip_grad,
+        headline_weights=cfg.train.headline_weights,
     )  # fmt: skip
 
 
@@ -159,5 +174,14 @@ def _callbacks(cfg: Config, dist: DistInfo) -> Callbacks:
             WeightFiles(),  # before the Checkpointer: it updates state.best, which the checkpoint saves
             EpochLog(),
             Checkpointer(every_steps=cfg.train.checkpoint_every_steps, keep_last=cfg.train.keep_last),
+            *_log_callbacks(cfg, dist),
         ]
     )
+
+
+def _log_callbacks(cfg: Config, dist: DistInfo) -> list[StepLog | TensorBoardLog]:
+    """The step log and TensorBoard, on rank 0 only (the other ranks then pay no host sync for them)."""
+    if not dist.is_main:
+        return []
+    step_log = [StepLog(every_steps=cfg.log.every_steps)] if cfg.log.every_steps else []
+    return step_log + ([TensorBoardLog()] if cfg.log.tensorboard else [])  # after StepLog: it reads step.record

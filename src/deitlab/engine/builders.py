@@ -17,22 +17,24 @@ from deitlab.config import Config, dump_yaml
 from deitlab.data import (
     BatchLoader,
     EvalAugment,
-    ImageFolderStream,
+    EvalGeometry,
+    ImageFolder,
     ImageSet,
     Mixup,
     RASampler,
     TrainAugment,
+    TrainGeometry,
     load_dataset,
 )
+from deitlab.data.folders import open_folder_splits
 from deitlab.data.loader import StreamLoader, sequential_batches
 from deitlab.distill.losses import DistillationLoss, cross_entropy
-from deitlab.distill.teacher import FrozenTeacher, load_teacher
+from deitlab.distill.teacher import FrozenTeacher, load_teacher, teacher_input_size
 from deitlab.errors import ConfigError
 from deitlab.io import atomic_write_bytes
-from deitlab.models import create_model
+from deitlab.models import create_model, get_model_entry, list_models
+from deitlab.models.weights import load_pretrained
 
-# ImageFolder images come in any size; without model.img_size they are resized to ImageNet's 224 px (DeiT's input).
-DEFAULT_FOLDER_IMG_SIZE = 224
 # Evaluation keeps no activations for backward, so by default it takes twice the training batch.
 EVAL_BATCH_FACTOR = 2
 
@@ -65,53 +67,76 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 @dataclass
 class Data:
-    train: ImageSet | ImageFolderStream
-    eval: ImageSet | ImageFolderStream
-    test: ImageSet | ImageFolderStream | None
+    """The run's data: train, evaluation and final-test sets, the model input side, and the splits actually read
+    (an image folder without ``test/`` is finally evaluated on ``val/``, and the results say so)."""
+
+    train: ImageSet | ImageFolder
+    eval: ImageSet | ImageFolder
+    test: ImageSet | ImageFolder | None
     img_size: int
+    eval_split: str = "val"
+    test_split: str | None = None
+
+    @property
+    def per_image(self) -> bool:
+        """Images shaped per image in loader workers (image folders), not batched from one tensor."""
+        return isinstance(self.train, ImageFolder)
 
 
-def _stream(cfg: Config, split: str) -> ImageFolderStream:
-    if cfg.data.dataset != "imagefolder" or not cfg.data.path:
-        raise ConfigError("data.stream only applies to data.dataset=imagefolder with a data.path")
-    if cfg.data.limit_train or cfg.data.limit_eval or cfg.data.pad:
-        raise ConfigError("data.limit_train/limit_eval/pad work on in-memory data sets, not with data.stream")
-    img_size = cfg.model.img_size or DEFAULT_FOLDER_IMG_SIZE
-    return ImageFolderStream(cfg.data.path, split=split, img_size=img_size, bad_images=cfg.data.bad_images)
-
-
-def _read(cfg: Config, split: str, img_size: int | None) -> ImageSet:
-    kw: dict = {}
-    if cfg.data.dataset == "imagefolder":
-        kw = dict(bad_images=cfg.data.bad_images, img_size=img_size or DEFAULT_FOLDER_IMG_SIZE)
-    data = load_dataset(cfg.data.dataset, split=split, root=cfg.data.path, val_fraction=cfg.data.val_fraction, **kw)
+def _read(cfg: Config, split: str) -> ImageSet:
+    data = load_dataset(cfg.data.dataset, split=split, root=cfg.data.path, val_fraction=cfg.data.val_fraction)
     if cfg.data.pad:
         p = cfg.data.pad
         data.images = torch.nn.functional.pad(data.images, (p, p, p, p))  # uint8 zeros: the background of MNISTs
     return data
 
 
+def folder_img_size(cfg: Config) -> int:
+    """An image folder's model input side: ``model.img_size``, else the registry model's own (224, or 384 for
+    ``*_384`` models)."""
+    return int(cfg.model.img_size or get_model_entry(cfg.model.name).img_size)
+
+
+def _folder_data(cfg: Config) -> Data:
+    """An image folder: originals shaped per image in the loader workers (DeiT's crop on the original)."""
+    if not cfg.data.path:
+        raise ConfigError("data.dataset=imagefolder needs data.path (--data-path DIR with DIR/train/<class>/...)")
+    if cfg.data.pad:
+        raise ConfigError("data.pad zero-pads in-memory MNIST-style images; it does not apply to an image folder")
+    a, size = cfg.aug, folder_img_size(cfg)
+    splits = open_folder_splits(
+        cfg.data.path, eval_split=cfg.data.eval_split, want_test=cfg.data.test_at_end,
+        train_geometry=TrainGeometry(size, a.crop_scale, a.crop_ratio, a.hflip, a.interpolation),
+        eval_geometry=EvalGeometry(size, a.eval_crop_pct, a.interpolation),
+        stream=cfg.data.stream, budget_gb=cfg.data.memory_budget_gb, bad_images=cfg.data.bad_images,
+        seed=cfg.train.seed, limit_train=cfg.data.limit_train, limit_eval=cfg.data.limit_eval,
+    )  # fmt: skip
+    return Data(splits.train, splits.eval, splits.test, size, splits.eval_split, splits.test_split)
+
+
 def build_data(cfg: Config) -> Data:
-    """Read the train, evaluation and (optionally) test splits into memory (or open them as streams)."""
+    """Read the train, evaluation and (optionally) test splits: into memory, or as image folders (in memory when
+    they fit ``data.memory_budget_gb``, else streamed; see :mod:`deitlab.data.folders`)."""
+    if cfg.data.dataset == "imagefolder":
+        return _folder_data(cfg)
     if cfg.data.stream:
-        train, evalset = _stream(cfg, "train"), _stream(cfg, cfg.data.eval_split)
-        test = _stream(cfg, "test") if cfg.data.test_at_end and cfg.data.eval_split != "test" else None
-        return Data(train, evalset, test, int(train.img_size))
-    train = _read(cfg, "train", cfg.model.img_size)
+        raise ConfigError("data.stream only applies to data.dataset=imagefolder with a data.path")
+    train = _read(cfg, "train")
     if cfg.data.limit_train:
         train = train.subset(range(min(cfg.data.limit_train, len(train))))
-    evalset = _read(cfg, cfg.data.eval_split, cfg.model.img_size)
+    evalset = _read(cfg, cfg.data.eval_split)
     if cfg.data.limit_eval:
         evalset = evalset.subset(range(min(cfg.data.limit_eval, len(evalset))))
     test = None
     if cfg.data.test_at_end and cfg.data.eval_split != "test":
-        test = _read(cfg, "test", cfg.model.img_size)
+        test = _read(cfg, "test")
         if cfg.data.limit_eval:
             test = test.subset(range(min(cfg.data.limit_eval, len(test))))
     for s in (train, evalset):
         if len(s) == 0:
             raise ConfigError(f"{s.name} holds no images")
-    return Data(train, evalset, test, int(cfg.model.img_size or train.img_size[0]))
+    img_size = int(cfg.model.img_size or train.img_size[0])
+    return Data(train, evalset, test, img_size, cfg.data.eval_split, "test" if test is not None else None)
 
 
 def build_model(cfg: Config, data: Data) -> nn.Module:
@@ -127,11 +152,14 @@ def build_model(cfg: Config, data: Data) -> nn.Module:
         overrides["patch_size"] = cfg.model.patch_size
     overrides.update(cfg.model.kwargs)
     try:
-        return create_model(cfg.model.name, **overrides)
+        model = create_model(cfg.model.name, **overrides)
     except ConfigError:
         raise
     except ValueError as e:
         raise ConfigError(f"model {cfg.model.name}: {e}") from None
+    if cfg.model.finetune and not cfg.train.resume:  # a resumed run restores its own weights
+        load_pretrained(model, cfg.model.finetune)
+    return model
 
 
 def build_teacher(cfg: Config, data: Data, device: torch.device) -> FrozenTeacher | None:
@@ -139,11 +167,27 @@ def build_teacher(cfg: Config, data: Data, device: torch.device) -> FrozenTeache
         return None
     model = load_teacher(
         cfg.teacher.model, cfg.teacher.path,
-        num_classes=data.train.num_classes, in_chans=data.train.in_chans, img_size=data.img_size,
+        num_classes=data.train.num_classes, in_chans=data.train.in_chans, img_size=_teacher_build_size(cfg, data),
     )  # fmt: skip
+    size = teacher_input_size(model, cfg.teacher.img_size, data.img_size)
     precision = "fp32" if cfg.train.precision == "auto" else cfg.train.precision  # auto: resolved by tune_run
-    teacher = FrozenTeacher(model, precision=precision, channels_last=cfg.teacher.channels_last)
+    teacher = FrozenTeacher(
+        model, precision=precision, channels_last=cfg.teacher.channels_last,
+        input_size=size if size != data.img_size else None,
+    )  # fmt: skip
     return teacher.to(device)
+
+
+def _teacher_build_size(cfg: Config, data: Data) -> int:
+    """The size a registry teacher without saved settings is built at: ``teacher.img_size``, else the registry
+    model's own (a ViT trained at 224 stays a 224 px model), else the student's. A deitlab checkpoint's saved
+    settings win over this in :func:`load_teacher`; CNNs only record it."""
+    name = cfg.teacher.model
+    if cfg.teacher.img_size:
+        return int(cfg.teacher.img_size)
+    if name and ":" not in name and name in list_models():
+        return get_model_entry(name).img_size
+    return data.img_size
 
 
 def build_criterion(cfg: Config, teacher: FrozenTeacher | None, mixing: bool) -> DistillationLoss:
@@ -160,14 +204,17 @@ def build_criterion(cfg: Config, teacher: FrozenTeacher | None, mixing: bool) ->
 
 
 def build_augment(cfg: Config, data: Data) -> tuple[TrainAugment, EvalAugment, Mixup | None]:
+    """The batched augmentation. For image folders the loader workers already cropped (and flipped) each original
+    and resized + centre-cropped the evaluation images, so the batched part starts after the geometry."""
     a = cfg.aug
     mean, std = data.train.mean, data.train.std
+    scale, hflip, crop_pct = (None, 0.0, 1.0) if data.per_image else (a.crop_scale, a.hflip, a.eval_crop_pct)
     train = TrainAugment(
-        img_size=data.img_size, mean=mean, std=std, scale=a.crop_scale, ratio=a.crop_ratio, hflip=a.hflip,
+        img_size=data.img_size, mean=mean, std=std, scale=scale, ratio=a.crop_ratio, hflip=hflip,
         rand_augment=a.rand_augment, re_prob=a.re_prob, interpolation=a.interpolation,
     )  # fmt: skip
     evaluation = EvalAugment(
-        img_size=data.img_size, mean=mean, std=std, crop_pct=a.eval_crop_pct, interpolation=a.interpolation
+        img_size=data.img_size, mean=mean, std=std, crop_pct=crop_pct, interpolation=a.interpolation
     )
     mix = None
     if a.mix_prob > 0 and (a.mixup > 0 or a.cutmix > 0):
@@ -199,17 +246,33 @@ def build_train_loader(cfg: Config, data: Data, *, rank: int, world_size: int, m
             f"{data.train.name} gives {len(sampler)} images per process per epoch, fewer than one batch of "
             f"{per_proc}; lower data.batch_size (--batch-size) to at most {len(sampler) * world_size}"
         )
-    if isinstance(data.train, ImageFolderStream):
-        return StreamLoader(data.train, batch_size=per_proc, sampler=sampler, drop_last=True, workers=cfg.data.workers)
+    if isinstance(data.train, ImageFolder):
+        return StreamLoader(
+            data.train, batch_size=per_proc, sampler=sampler, drop_last=True, workers=cfg.data.workers,
+            pin_memory=pin_memory(cfg),
+        )  # fmt: skip
     return BatchLoader(data.train, batch_size=per_proc, sampler=sampler, drop_last=True)
 
 
+def pin_memory(cfg: Config) -> bool:
+    """Pin loader batches when they go to a GPU (faster, asynchronous host-to-device copies)."""
+    return resolve_device(cfg.train.device).type == "cuda"
+
+
 def eval_batches(
-    dataset: ImageSet | ImageFolderStream, batch_size: int, *, rank: int = 0, world_size: int = 1, workers: int = 4
+    dataset: ImageSet | ImageFolder,
+    batch_size: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 4,
+    pin_memory: bool = False,
 ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """Sequential, unpadded shard ``rank::world_size`` of an evaluation set, as (uint8 images, labels) batches."""
-    if isinstance(dataset, ImageFolderStream):
-        return sequential_batches(dataset, batch_size, rank=rank, world_size=world_size, workers=workers)
+    if isinstance(dataset, ImageFolder):
+        return sequential_batches(
+            dataset, batch_size, rank=rank, world_size=world_size, workers=workers, pin_memory=pin_memory
+        )
     idx = torch.arange(rank, len(dataset), world_size)
     return [(dataset.images[i], dataset.labels[i]) for i in idx.split(batch_size)]
 

@@ -6,17 +6,25 @@ Only rank 0 writes files; every rank takes part in the collectives (stop flag, c
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
 import logging
+import os
 import signal
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from deitlab.engine.checkpoint import save_resume
 from deitlab.engine.distributed import barrier, broadcast_flag
 from deitlab.engine.run import Callback, Run, StepOutcome
 from deitlab.engine.state import TrainState
-from deitlab.io import save_weights
+from deitlab.errors import ConfigError
+from deitlab.io import atomic_write_bytes, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +72,9 @@ class Checkpointer(Callback):
         self.keep_last = keep_last
 
     def save(self, run: Run, state: TrainState) -> None:
+        payload = state.capture(run)  # on every rank: it gathers every process's random states
         if run.dist.is_main:
-            save_resume(
-                run.run_dir, state.capture(run), epoch=state.epoch, step=state.global_step, keep_last=self.keep_last
-            )
+            save_resume(run.run_dir, payload, epoch=state.epoch, step=state.global_step, keep_last=self.keep_last)
         barrier(run.dist)
 
     def on_step_end(self, run: Run, state: TrainState, step: StepOutcome) -> None:
@@ -140,3 +147,136 @@ class ProgressBar(Callback):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class StepLog(Callback):
+    """``steps.jsonl``: one JSON row every ``every_steps`` optimizer steps (built on rank 0 only).
+
+    A row holds ``step``, ``epoch``, ``loss`` and its parts (``base``, ``distill``), ``lr``, ``grad_norm`` (before
+    clipping), ``skipped``, ``img_per_s`` (all processes, wall time since the previous row or the epoch's start),
+    ``cpu_rss_mb``, and on a GPU ``cuda_max_alloc_mb``; in fp16 also ``loss_scale``. Only logged steps read
+    tensors (a host sync); the others just count images. A resumed run drops the rows of the steps it redoes.
+    """
+
+    FILE = "steps.jsonl"
+
+    def __init__(self, *, every_steps: int) -> None:
+        if every_steps < 1:
+            raise ValueError(f"every_steps={every_steps!r} must be >= 1")
+        self.every_steps = every_steps
+        self._file: Any = None
+        self._images = 0
+        self._since = time.perf_counter()
+
+    def on_train_start(self, run: Run, state: TrainState) -> None:
+        path = run.run_dir / self.FILE
+        kept = [r for r in _read_jsonl(path) if r.get("step", 0) <= state.global_step]
+        atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        self._file = path.open("a", encoding="utf-8")
+
+    def on_epoch_start(self, run: Run, state: TrainState) -> None:
+        self._images, self._since = 0, time.perf_counter()  # throughput leaves the evaluation out
+
+    def on_step_end(self, run: Run, state: TrainState, step: StepOutcome) -> None:
+        self._images += step.images
+        if state.global_step % self.every_steps or self._file is None:
+            return
+        now = time.perf_counter()
+        step.record = step_record(run, state, step, images=self._images * run.dist.world_size,
+                                  seconds=now - self._since)  # fmt: skip
+        self._file.write(json.dumps(step.record) + "\n")
+        self._file.flush()
+        self._images, self._since = 0, now
+
+    def on_train_end(self, run: Run, state: TrainState) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def step_record(run: Run, state: TrainState, step: StepOutcome, *, images: int, seconds: float) -> dict[str, Any]:
+    """The :class:`StepLog` row for the step just taken (reads the loss and gradient norm: a host sync)."""
+    parts = step.parts
+    record: dict[str, Any] = {
+        "step": state.global_step, "epoch": state.epoch, "loss": float(parts.total.detach()),
+        "base": float(parts.base.detach()), "distill": float(parts.distill.detach()), "lr": step.lr,
+        "grad_norm": float(step.grad_norm) if step.grad_norm is not None else None, "skipped": step.skipped,
+        "img_per_s": images / max(seconds, 1e-9), **memory_mb(run.device),
+    }  # fmt: skip
+    if run.scaler.enabled:
+        record["loss_scale"] = run.scaler.scale()
+    return record
+
+
+def memory_mb(device: torch.device) -> dict[str, float]:
+    """This process's resident memory and, on a GPU, the peak memory PyTorch has allocated there (MiB)."""
+    out = {"cpu_rss_mb": _rss_bytes() / 2**20}
+    if device.type == "cuda":
+        out["cuda_max_alloc_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def _rss_bytes() -> int:
+    try:  # Linux: the current resident set
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource  # POSIX only; the peak resident set (bytes on macOS, KiB elsewhere)
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak) * (1 if sys.platform == "darwin" else 1024)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+TENSORBOARD_HINT = "pip install 'deitlab[tensorboard]' (or set log.tensorboard=false)"
+
+
+def check_tensorboard() -> None:
+    """``log.tensorboard=true`` needs the ``tensorboard`` package: say how to get it, in one line."""
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(f"log.tensorboard=true needs the tensorboard package: {TENSORBOARD_HINT}")
+
+
+class TensorBoardLog(Callback):
+    """TensorBoard scalars in ``<run>/tensorboard`` (rank 0 only): ``train/*`` from each :class:`StepLog` row (it
+    must come after the StepLog) and ``epoch/*`` from each epoch's record, both against the global step."""
+
+    def __init__(self) -> None:
+        self._writer: Any = None
+
+    def on_train_start(self, run: Run, state: TrainState) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # optional dependency: deitlab[tensorboard]
+
+        # Events past the restored step belong to a crashed or replaced run (a resumed run redoes those steps):
+        # TensorBoard drops them when it reads this file.
+        self._writer = SummaryWriter(log_dir=str(run.run_dir / "tensorboard"), purge_step=state.global_step + 1)
+
+    def on_step_end(self, run: Run, state: TrainState, step: StepOutcome) -> None:
+        if self._writer is not None and step.record is not None:
+            self._scalars("train", step.record, state.global_step)
+
+    def on_epoch_end(self, run: Run, state: TrainState, row: dict[str, Any]) -> None:
+        if self._writer is not None:
+            self._scalars("epoch", row, row["step"])
+            self._writer.flush()
+
+    def on_train_end(self, run: Run, state: TrainState) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _scalars(self, group: str, values: dict[str, Any], step: int) -> None:
+        for key, value in values.items():
+            if key not in ("step", "epoch") and isinstance(value, int | float) and not isinstance(value, bool):
+                self._writer.add_scalar(f"{group}/{key}", value, step)

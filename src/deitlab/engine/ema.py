@@ -1,4 +1,4 @@
-"""Exponential moving average of a model's weights (DeiT's ``--model-ema``; timm ``ModelEmaV2``)."""
+"""Exponential moving average of a model's weights (DeiT's ``--model-ema``; timm ``ModelEmaV3``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from torch import nn
 
 
 class ModelEma:
-    """``ema = decay·ema + (1-decay)·model`` after each optimizer step; buffers (BN statistics) are copied.
+    """``ema = decay·ema + (1-decay)·model`` after each optimizer step, for the parameters and for every
+    floating-point buffer (BatchNorm's running mean and variance are averaged like weights, as timm's
+    ``ModelEmaV3`` does); integer buffers (``num_batches_tracked``, index tables) are copied.
 
     The averaged copy lives in eval mode and never requires gradients; it is evaluated alongside the model.
     """
@@ -22,11 +24,16 @@ class ModelEma:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        ema_p = [p for p in self.module.parameters()]
-        cur_p = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_p, cur_p, 1.0 - self.decay)
-        for e, m in zip(self.module.buffers(), model.buffers()):
-            e.copy_(m)
+        ema_avg, cur_avg = [], []
+        pairs = [*zip(self.module.parameters(), model.parameters()), *zip(self.module.buffers(), model.buffers())]
+        for ema_v, cur_v in pairs:
+            if ema_v.is_floating_point():
+                ema_avg.append(ema_v)
+                cur_avg.append(cur_v.detach())
+            else:
+                ema_v.copy_(cur_v)
+        if ema_avg:
+            torch._foreach_lerp_(ema_avg, cur_avg, 1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()

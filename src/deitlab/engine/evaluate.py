@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from deitlab.engine.distributed import all_reduce_tensor
 from deitlab.models.vit import DistilledLogits
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -59,20 +59,24 @@ class EvalCounts:
         return out
 
     def all_reduce(self) -> None:
-        if not (dist.is_available() and dist.is_initialized()):
-            return
+        """Sum the counts over the processes (nothing changes without a process group): one collective, on the
+        backend's device (NCCL takes no CPU tensor).
+
+        The confusion matrix travels in the same float64 vector; float64 holds integer counts exactly up to 2**53.
+        """
         heads = sorted(self.top1)
-        vec = torch.tensor(
-            [self.n, self.loss_sum, self.agree] + [self.top1[h] for h in heads] + [self.top5[h] for h in heads],
-            dtype=torch.float64,
-        )
-        dist.all_reduce(vec)
+        scalars = [self.n, self.loss_sum, self.agree] + [self.top1[h] for h in heads] + [self.top5[h] for h in heads]
+        parts = [torch.tensor(scalars, dtype=torch.float64)]
+        if self.confusion is not None:
+            parts.append(self.confusion.flatten().to(torch.float64))
+        vec = all_reduce_tensor(torch.cat(parts))
         self.n, self.loss_sum, self.agree = int(vec[0]), float(vec[1]), int(vec[2])
         k = len(heads)
         self.top1 = {h: int(vec[3 + i]) for i, h in enumerate(heads)}
         self.top5 = {h: int(vec[3 + k + i]) for i, h in enumerate(heads)}
         if self.confusion is not None:
-            dist.all_reduce(self.confusion)
+            rest = vec[len(scalars) :].round().to(self.confusion.dtype)
+            self.confusion = rest.view_as(self.confusion)
 
 
 @torch.no_grad()

@@ -80,7 +80,7 @@ def train_step(run: Run, state: TrainState, images: torch.Tensor, labels: torch.
     with autocast(run.device, run.settings.precision):
         out = run.ddp_model(x)
         parts = run.criterion(x, out, targets)
-    updated = backward_and_step(run, state, parts)
+    updated, norm = backward_and_step(run, state, parts)
     n = labels.shape[0]
     if updated:
         state.sums.add(parts, n)
@@ -88,25 +88,32 @@ def train_step(run: Run, state: TrainState, images: torch.Tensor, labels: torch.
     state.step_in_epoch += 1
     seconds = time.perf_counter() - t0
     state.sums.seconds += seconds
-    return StepOutcome(parts=parts, lr=lr, images=n, seconds=seconds, skipped=not updated)
+    return StepOutcome(parts=parts, lr=lr, images=n, seconds=seconds, skipped=not updated, grad_norm=norm)
 
 
-def backward_and_step(run: Run, state: TrainState, parts: LossParts) -> bool:
-    """Back-propagate ``parts.total`` and update the weights (and the EMA), unless the loss or the gradient is
-    non-finite on any process: then nothing changes and the step counts towards ``max_nonfinite``."""
+def backward_and_step(run: Run, state: TrainState, parts: LossParts) -> tuple[bool, torch.Tensor]:
+    """Back-propagate ``parts.total`` and update the weights (and the EMA); returns whether the update happened
+    and the gradient norm (before clipping; a device tensor: reading it is a host sync).
+
+    Nothing changes when the loss or the gradient is non-finite on any process (the step then counts towards
+    ``max_nonfinite``), or, in fp16, when the loss scaler skips an inf/NaN gradient (not counted: the scaler
+    lowers its scale and goes on; :mod:`deitlab.engine.scaler`)."""
     run.optimizer.zero_grad(set_to_none=True)
-    parts.total.backward()
+    run.scaler.backward(parts.total, run.optimizer)
     norm = grad_norm(run.model)
-    if broadcast_flag(not (torch.isfinite(parts.total) and torch.isfinite(norm)), run.dist):
+    if broadcast_flag(run.scaler.guard_flag(parts.total, norm), run.dist):
+        run.scaler.skip()
         _skip_nonfinite(run, state)
-        return False
+        return False, norm
     state.nonfinite_run = 0
     if run.settings.clip_grad is not None:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.settings.clip_grad)
-    run.optimizer.step()
+    if not run.scaler.step(run.optimizer):
+        state.sums.scaler_skipped += 1
+        return False, norm
     if run.ema is not None:
         run.ema.update(run.model)
-    return True
+    return True, norm
 
 
 def _skip_nonfinite(run: Run, state: TrainState) -> None:
@@ -128,7 +135,7 @@ def grad_norm(model: nn.Module) -> torch.Tensor:
     """The global L2 norm of all gradients (0 when there are none)."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
-        return torch.zeros(())
+        return torch.zeros((), device=next(model.parameters(), torch.zeros(())).device)
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
@@ -180,7 +187,7 @@ def end_of_epoch(run: Run, state: TrainState, stats: EpochStats, teacher: Teache
     row: dict[str, Any] = {
         "epoch": state.epoch, "step": state.global_step, "lr": stats.lr,
         "train_loss": sums.loss / n, "train_base": sums.base / n, "train_distill": sums.distill / n,
-        "skipped_steps": sums.skipped,
+        "skipped_steps": sums.skipped, "scaler_skipped_steps": sums.scaler_skipped,
         "img_per_s": sums.n * run.dist.world_size / max(sums.seconds, MIN_SECONDS),
         "epoch_seconds": stats.wall_seconds,
     }  # fmt: skip
@@ -196,15 +203,29 @@ def end_of_epoch(run: Run, state: TrainState, stats: EpochStats, teacher: Teache
 
 @dataclass
 class FinalTestReport:
-    """The final model (and the teacher) on the test split."""
+    """The final model (and its EMA, and the teacher) on the test split."""
 
-    metrics: dict[str, float]  # test_* keys
+    metrics: dict[str, float]  # test_* keys (raw weights) and test_ema_* keys (the EMA, when there is one)
     teacher_metrics: dict[str, float]  # teacher_test_* keys (empty without a teacher)
     counts: EvalCounts
 
 
 def final_test(run: Run, batches: Batches) -> FinalTestReport:
-    """The student after training on the test split, with the teacher's accuracy and agreement there."""
+    """The student after training on the test split, with the teacher's accuracy and agreement there; the EMA
+    weights too when the run keeps an EMA (``test_ema_*``), so that both can be quoted."""
     teacher = evaluate_teacher(run, batches, "teacher_test_")
     counts, metrics = evaluate_model(run, run.model, batches, "test_", teacher)
+    if run.ema is not None:
+        metrics.update(evaluate_model(run, run.ema.module, batches, "test_ema_", teacher)[1])
     return FinalTestReport(metrics, teacher.metrics, counts)
+
+
+def headline(
+    metrics: dict[str, float], weights: str, eval_split: str, test_split: str | None = "test"
+) -> dict[str, Any]:
+    """The number a run quotes: top-1 of ``weights`` (raw | ema) on the final test evaluation when there was one
+    (``test_split`` names the split it read: an image folder without test/ reads val/), else on the per-epoch
+    evaluation split (``eval_split``); says which weights, which split and which metric key."""
+    split, prefix = (test_split or "test", "test_") if "test_acc" in metrics else (eval_split, "")
+    key = f"{prefix}{'ema_' if weights == 'ema' else ''}acc"
+    return {"weights": weights, "split": split, "key": key, "acc": metrics.get(key)}

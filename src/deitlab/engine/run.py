@@ -22,6 +22,7 @@ from deitlab.engine.builders import Data, TrainLoader
 from deitlab.engine.distributed import DistInfo
 from deitlab.engine.ema import ModelEma
 from deitlab.engine.runlog import RunLog
+from deitlab.engine.scaler import StepScaler
 from deitlab.engine.state import TrainState
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (uint8 images (B, C, H, W), int64 labels (B,))
@@ -40,6 +41,7 @@ class Settings:
     eval_every: int  # evaluate every this many epochs (and after the last)
     max_nonfinite: int  # consecutive non-finite steps before the run stops
     clip_grad: float | None  # max gradient norm; None: no clipping
+    headline_weights: str = "raw"  # raw | ema: which weights the run's headline accuracy quotes
 
 
 @dataclass
@@ -50,8 +52,10 @@ class StepOutcome:
     lr: float
     images: int  # this process's batch
     seconds: float
-    skipped: bool  # the non-finite guard discarded the update
+    skipped: bool  # the non-finite guard (or, in fp16, the loss scaler) discarded the update
+    grad_norm: torch.Tensor | None = None  # before clipping, still on the device (reading it is a host sync)
     stop: bool = False  # set by a callback (the stop request): end the epoch after this step
+    record: dict[str, Any] | None = None  # set by the StepLog callback on a logged step: what it logged
 
 
 class Callback:
@@ -130,5 +134,6 @@ class Run:
     ema: ModelEma | None
     settings: Settings
     log: RunLog
+    scaler: StepScaler  # fp16 loss scaling; disabled (plain backward/step) in fp32 and bf16
     callbacks: Callbacks = field(default_factory=lambda: Callbacks([]))
     resume: dict[str, Any] | None = None  # the checkpoint payload to restore from, until it is restored

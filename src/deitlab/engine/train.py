@@ -27,6 +27,7 @@ from deitlab.engine.loop import (
     end_of_epoch,
     evaluate_teacher,
     final_test,
+    headline,
     train_one_epoch,
 )
 from deitlab.engine.run import Run
@@ -45,10 +46,12 @@ class TrainResult:
     final: dict[str, float]  # last evaluation (+ test_* when the test split was evaluated)
     teacher: dict[str, float] = field(default_factory=dict)
     confusion: torch.Tensor | None = None  # of the main prediction on the last evaluated split
+    headline: dict[str, Any] = field(default_factory=dict)  # the quoted top-1: weights, split, key, acc
     classes: list[str] = field(default_factory=list)
     images_per_second: float = 0.0
     train_seconds: float = 0.0
     stopped_early: bool = False
+    splits: dict[str, str | None] = field(default_factory=dict)  # the splits read: {"eval": ..., "test": ...}
 
 
 @dataclass
@@ -108,11 +111,20 @@ def _report(run: Run, last: EpochReport, teacher: TeacherEval, meter: _Throughpu
         run_dir=run.run_dir, history=run.log.rows, final=final, teacher=teacher_metrics, confusion=confusion,
         classes=list(run.data.train.classes), images_per_second=meter.images / max(meter.seconds, MIN_SECONDS),
         train_seconds=meter.seconds, stopped_early=stopped,
+        headline=headline(final, run.settings.headline_weights, run.data.eval.name, run.data.test_split)
+        if final
+        else {},
+        splits={"eval": run.data.eval_split, "test": run.data.test_split},
     )  # fmt: skip
+    if result.headline.get("acc") is not None:
+        h = result.headline
+        log.info("headline: top-1 %.2f%% on %s with the %s weights (%s)", h["acc"], h["split"], h["weights"], h["key"])
     if run.dist.is_main and not stopped:
-        payload = {"final": final, "teacher": teacher_metrics, "img_per_s": result.images_per_second,
+        payload = {"headline": result.headline, "final": final, "teacher": teacher_metrics,
+                   "img_per_s": result.images_per_second,
                    "train_seconds": meter.seconds, "classes": result.classes,
-                   "confusion": confusion.tolist() if confusion is not None else None}  # fmt: skip
+                   "confusion": confusion.tolist() if confusion is not None else None,
+                   "splits": result.splits}  # fmt: skip
         atomic_write_bytes(run.run_dir / "results.json", json.dumps(payload, indent=1).encode())
     return result
 

@@ -15,7 +15,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from deitlab.config import Config
-from deitlab.distill.teacher import FrozenTeacher
+from deitlab.distill.teacher import FrozenTeacher, fit_resolution
 from deitlab.engine.distributed import DistInfo
 from deitlab.io import atomic_write_bytes
 from deitlab.optimize import Plan, apply_plan, optimize_for, plan_for
@@ -76,7 +76,9 @@ def tune_run(
     if teacher is not None:
         tplan = saved.get("teacher")
         if tplan is None and dist.is_main:
-            t_example = example.contiguous(memory_format=torch.channels_last) if teacher.channels_last else example
+            t_example = fit_resolution(example, teacher.input_size)  # what the teacher's model itself sees
+            if teacher.channels_last:
+                t_example = t_example.contiguous(memory_format=torch.channels_last)
             tplan = plan_for(teacher.model, t_example, "infer", precision=fixed or "auto", threads="keep", **common)
         plans["teacher"] = _agree(tplan, dist)
         apply_plan(teacher.model, plans["teacher"])
