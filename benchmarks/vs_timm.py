@@ -44,6 +44,7 @@ from deitlab.distill import DistillationLoss  # noqa: E402
 from deitlab.distill.teacher import FrozenTeacher  # noqa: E402
 from deitlab.engine.loop import grad_norm  # noqa: E402
 from deitlab.engine.optim import build_optimizer  # noqa: E402
+from deitlab.engine.scaler import StepScaler  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "vs_timm"
 LR, WD = 5e-4, 0.05
@@ -174,15 +175,17 @@ def ours_train(model, x, y, precision, teacher=None, teacher_precision=None) -> 
     kind = "hard" if frozen is not None else "none"
     criterion = DistillationLoss(F.cross_entropy, frozen, distillation_type=kind, alpha=0.5, tau=1.0)
     opt = build_optimizer(model, name="adamw", lr=LR, weight_decay=WD)
+    scaler = StepScaler(x.device.type, enabled=precision == "fp16")
 
-    def run() -> None:
+    def run() -> None:  # engine.loop.backward_and_step, one process
         with C.amp(x.device, precision):
             parts = criterion(x, model(x), y)
         opt.zero_grad(set_to_none=True)
-        parts.total.backward()
-        if not (torch.isfinite(parts.total) and torch.isfinite(grad_norm(model))):
-            raise RuntimeError("non-finite step in the benchmark")
-        opt.step()
+        scaler.backward(parts.total, opt)
+        if bool(scaler.guard_flag(parts.total, grad_norm(model))):
+            scaler.skip()
+            return
+        scaler.step(opt)
 
     return run, precision
 
@@ -194,6 +197,7 @@ def timm_train(model, x, y, precision, teacher=None) -> Callable:  # noqa: ANN00
     model.train()
     model.set_distilled_training(True)
     opt = create_optimizer_v2(model, "adamw", lr=LR, weight_decay=WD)
+    scaler = torch.amp.GradScaler(x.device.type, enabled=precision == "fp16")  # timm train.py's NativeScaler
     task = None
     if teacher is not None:
         from timm.task import TokenDistillationTask
@@ -209,8 +213,9 @@ def timm_train(model, x, y, precision, teacher=None) -> Callable:  # noqa: ANN00
                 cls, dist = model(x)
                 loss = (F.cross_entropy(cls, y) + F.cross_entropy(dist, y)) / 2
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
 
     return run
 
@@ -345,12 +350,14 @@ def bench_augmentation(args: argparse.Namespace) -> list[dict[str, Any]]:
     for size, src, chans in ((224, 256, 3), (28, 28, 1)):
         per_round: dict[str, list[float]] = {}
         for _ in range(max(1, args.rounds // 2)):
-            for r in bench_augment.bench_size(size, src, chans, args.aug_batch, args.aug_min_time, True, 2):
+            rows_ = bench_augment.bench_size(size, src, chans, args.aug_batch, args.aug_min_time, True, 2, args.device)
+            for r in rows_:
                 per_round.setdefault(r["pipeline"], []).append(r["img_per_s"])
-        ours = per_round["deitlab batched (2 thr)"]
+        where = "" if args.device == "cpu" else f" on {args.device}"
+        ours = per_round[f"deitlab batched{where} (2 thr)"]
         for base in ("timm per-image (1 process)", "timm per-image (2 workers)"):
             rows.append({"model": f"augmentation {size} px x{chans} (RRC, flip, RandAugment m9, erasing, Mixup/CutMix)",
-                         "row": f"deitlab batched vs {base}", "deitlab_img_s": C.spread(ours),
+                         "row": f"deitlab batched{where} vs {base} (CPU)", "deitlab_img_s": C.spread(ours),
                          "timm_img_s": C.spread(per_round[base]),
                          "ratio": C.paired_ratio(ours, per_round[base])})  # fmt: skip
             print(f"  augmentation {size}px vs {base}: {rows[-1]['ratio']['median']:.2f}x", flush=True)
