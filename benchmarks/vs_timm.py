@@ -24,8 +24,10 @@ Writes benchmarks/results/vs_timm{.json,.md,.png} (``--out`` changes the stem).
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
+import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -298,6 +300,8 @@ def bench_case(key: str, args: argparse.Namespace, device: torch.device) -> list
     rows.append(row)
     if case.distill and not args.no_distill:
         rows.append(bench_distill(ours, theirs, x, y, args, device))
+    if args.compile:
+        rows.append(bench_compiled(ours, theirs, x, y, args, device, row["gflop_per_step"]))
     for r in rows:
         r["model"] = case.label
     return rows
@@ -342,6 +346,24 @@ def bench_distill(ours, theirs, x, y, args, device) -> dict[str, Any]:  # noqa: 
     return row
 
 
+def bench_compiled(ours, theirs, x, y, args, device, gflop: float) -> dict[str, Any]:  # noqa: ANN001
+    """What deitlab runs for a long training: ``optimize_for`` with torch.compile (on a copy of the model), against
+    timm's default eager step, each at its best precision; the compile time is reported beside the ratio."""
+    model = copy.deepcopy(ours).train()
+    plan = deitlab.optimize.plan_for(model, x, "train", threads="keep", compile="always")
+    deitlab.optimize.apply_plan(model, plan)
+    print(f"    {plan.summary()}", flush=True)
+    fn, _ = ours_train(model, x, y, plan.precision)
+    timm_prec = min(("fp32", "bf16"), key=lambda p: statistics.median(
+        C.interleaved({p: timm_train(theirs, x, y, p)}, device, rounds=2, warmup=1)[p]))  # fmt: skip
+    t = C.interleaved({"deitlab": fn, "timm": timm_train(theirs, x, y, timm_prec)}, device, rounds=args.rounds)
+    best = {"deitlab_precision": plan.precision, "timm_precision": timm_prec, "deitlab_s": C.spread(t["deitlab"]),
+            "timm_s": C.spread(t["timm"]), "ratio": C.paired_ratio(t["timm"], t["deitlab"])}  # fmt: skip
+    print(f"  train step, deitlab compiled: {best['ratio']['median']:.2f}x (compile {plan.compile_seconds:.0f} s)")
+    return {"row": "train step, deitlab compiled vs timm eager", "precisions": {}, "best": best,
+            "compile_seconds": plan.compile_seconds, "gflop_per_step": gflop, "batch": x.shape[0]}  # fmt: skip
+
+
 def bench_augmentation(args: argparse.Namespace) -> list[dict[str, Any]]:
     """deitlab's batched pipeline vs timm's per-image create_transform + Mixup (bench_augment.py), CPU, rounds."""
     import bench_augment
@@ -373,6 +395,7 @@ def main() -> None:
     ap.add_argument("--teacher", default="regnety_004", help="RegNetY teacher of the distillation rows")
     ap.add_argument("--no-distill", action="store_true")
     ap.add_argument("--no-augment", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="add deitlab compiled (as for a long run) vs timm eager")
     ap.add_argument("--aug-batch", type=int, default=256)
     ap.add_argument("--aug-min-time", type=float, default=1.0)
     ap.add_argument("--quick", action="store_true", help="demo student only, 3 rounds, no augmentation")

@@ -28,6 +28,8 @@ def _model_rows(rows: list[dict[str, Any]], precisions: list[str]) -> list[str]:
         if row.get("peak_cuda_mb"):
             m = row["peak_cuda_mb"]
             notes.append(f"peak CUDA {m['deitlab']:.0f} / {m['timm']:.0f} MB")
+        if row.get("compile_seconds"):
+            notes.append(f"compile {row['compile_seconds']:.0f} s")
         if row.get("teacher_overhead"):
             o = row["teacher_overhead"]
             notes.append(f"teacher overhead = {_r(o['ratio'])} its forward")
