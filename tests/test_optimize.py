@@ -275,3 +275,40 @@ def test_a_measured_run_records_the_times_and_a_resume_replays_them(tmp_path: Pa
     resumed = build_config(overrides=[f"train.resume={tmp_path / 'run'}", "train.epochs=2", "train.progress=false"])
     train(resumed)
     assert json.loads((tmp_path / "run" / "optimize.json").read_text())["student"]["source"] == "resumed"
+
+
+def test_compile_covers_only_the_planned_mode(monkeypatch) -> None:
+    """A training plan compiles the training graph; evaluation stays eager (no second compile, no recompiles)."""
+    calls: list[str] = []
+
+    def fake_compile(fn):  # noqa: ANN001, ANN202
+        def compiled(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            calls.append("compiled")
+            return fn(*args, **kwargs)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model, x = _model(), torch.randn(2, 1, 28, 28)
+    keys = list(model.state_dict())
+    measure.compile_in_mode(model, "train")
+    model.train()(x)
+    model.eval()(x)
+    assert calls == ["compiled"] and list(model.state_dict()) == keys
+    other = _model()
+    measure.compile_in_mode(other, "infer")
+    other.eval()(x)
+    other.train()(x)
+    assert calls == ["compiled", "compiled"]
+
+
+@pytest.mark.slow
+def test_a_real_compile_is_measured_and_kept_when_asked() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 10))
+    x = torch.randn(32, 64)
+    eager = model(x).detach()
+    plan = plan_for(model, x, "train", precision="fp32", threads="keep", compile="always", cache=False)
+    assert plan.compile and plan.compile_seconds > 0 and set(plan.times["compile"]) == {"eager", "compiled"}
+    deitlab.optimize.apply_plan(model, plan)
+    assert model._compiled_call_impl is not None
+    torch.testing.assert_close(model.train()(x), eager, rtol=1e-4, atol=1e-5)

@@ -22,12 +22,12 @@ THREADS_MARGIN = 0.10  # fewer threads must win by 10%: thread timings suffer mo
 COMPILE_MARGIN = 0.05
 
 # torch.compile: tried only when the expected run is long enough that a compile of COMPILE_PRIOR_S seconds (the
-# training graph and the evaluation graphs it later needs; measured on this machine once known) would be repaid
+# planned mode's graph and the other batch sizes it may later meet; measured on this machine once known) would be repaid
 # twice over by an optimistic speed-up; kept only when its measured speed-up repays what remains to pay.
 OPTIMISTIC_COMPILE_SPEEDUP = 1.3
 COMPILE_PRIOR_S = {"cpu": 90.0, "cuda": 60.0}
 COMPILE_PAYBACK = 2.0
-# A later graph (evaluation mode, another batch size) costs about this fraction of the first compile.
+# Later graphs (another batch size, another grad mode) cost about this fraction of the first compile.
 LATER_GRAPHS_FRACTION = 0.5
 
 # Measuring costs about this many steps per candidate (one warm-up, then interleaved rounds).

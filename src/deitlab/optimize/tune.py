@@ -21,7 +21,14 @@ from torch import nn
 from deitlab.errors import ConfigError
 from deitlab.optimize import choose
 from deitlab.optimize.cache import cache_key, open_cache, use_inductor_cache
-from deitlab.optimize.measure import Setting, StepTimer, plain_attention, precision_candidates, untouched
+from deitlab.optimize.measure import (
+    Setting,
+    StepTimer,
+    compile_in_mode,
+    plain_attention,
+    precision_candidates,
+    untouched,
+)
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +241,7 @@ def apply_plan(model: nn.Module, plan: Plan) -> nn.Module:
         torch.set_num_threads(plan.threads)
     if plan.compile and getattr(model, "_compiled_call_impl", None) is None:
         use_inductor_cache()
-        model.compile()
+        compile_in_mode(model, plan.mode)
     return model
 
 
