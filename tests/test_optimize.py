@@ -87,10 +87,12 @@ def test_measuring_and_compiling_must_pay_for_themselves() -> None:
     assert choose.worth_measuring(0.1, expected_steps=1000, candidates=4)
     assert choose.worth_measuring(0.1, expected_steps=None, candidates=4)
     # 3,744 steps of 90 ms (the demo student): 337 s eager saves at most 78 s < 2 x 90 s of compiling
-    assert not choose.should_try_compile(0.09, 3744, choose.compile_prior("cpu", None))[0]
-    assert choose.should_try_compile(0.09, 100_000, choose.compile_prior("cpu", None))[0]
+    assert not choose.should_try_compile(0.09, 3744, choose.compile_prior("cpu", "train", None))[0]
+    assert choose.should_try_compile(0.09, 100_000, choose.compile_prior("cpu", "train", None))[0]
+    # its teacher's forward (3,440 steps of ~40 ms): an inference graph compiles in seconds, worth trying
+    assert choose.should_try_compile(0.04, 3440, choose.compile_prior("cpu", "infer", None))[0]
     assert not choose.should_try_compile(0.09, None, 60.0)[0]
-    assert choose.compile_prior("cpu", 10.0) == pytest.approx(10.0 * (1 + choose.LATER_GRAPHS_FRACTION))
+    assert choose.compile_prior("cpu", "train", 10.0) == pytest.approx(10.0 * (1 + choose.LATER_GRAPHS_FRACTION))
     assert choose.keep_compiled(1.0, 0.7, 30.0, 10_000)[0]
     assert not choose.keep_compiled(1.0, 0.98, 30.0, 10_000)[0]  # not faster by the margin
     assert not choose.keep_compiled(1.0, 0.7, 30.0, 10)[0]  # saves 3 s, the eval graphs cost more

@@ -205,7 +205,7 @@ def _decide_compile(
         if step_s is None:
             plan.compile, plan.reasons["compile"] = False, "no measured step to weigh a compile against"
             return
-        prior = choose.compile_prior(example.device.type, plan.compile_seconds)
+        prior = choose.compile_prior(example.device.type, mode, plan.compile_seconds)
         try_it, why = choose.should_try_compile(step_s, expected_steps, prior)
         if not try_it or measured:
             keep, why = (False, why) if not try_it else choose.keep_compiled(
