@@ -5,7 +5,8 @@ once per round, round-robin (so load from other processes hits all points alike)
 
 * batch: ``deit_tiny_distilled_patch16_224`` and the demo student ``vit_c_micro_distilled_32``;
 * image size 28...224 px (49...3,136 tokens) of ``deit_micro_distilled_patch4_28`` (4x4 patches), with the fused
-  SDPA kernel and the explicit product (the one that materialises the maps);
+  SDPA kernel and the explicit product (the one that materialises the maps), the batch shrinking as the tokens grow
+  (about as many tokens per step at every size);
 * depth 12...32 blocks of ``deit_micro_distilled_patch4_28`` (plain) and ``deepvit_micro_distilled_patch4_28``
   (re-attention in every block) at 28 px: re-attention's overhead at equal depth (goal <= 1.15x).
 
@@ -97,7 +98,7 @@ def _points(args: argparse.Namespace, device: torch.device) -> dict[str, list[di
     demo_b = [32, 64, 128, 256, 512] + ([1024, 2048, 4096] if gpu else [])
     sizes = [28, 56, 84, 112, 168, 224]
     depths = [12, 16, 24, 32]
-    bs_size, bs_depth = (256, 1024) if gpu else (16, 64)
+    bs_size, bs_depth = (4096, 1024) if gpu else (256, 64)  # tokens sweep: images x tokens / 49 per batch
     if args.quick:
         tiny_b, demo_b, sizes, depths = tiny_b[:2], demo_b[:3], sizes[:3], depths[:2]
     return {
@@ -105,13 +106,20 @@ def _points(args: argparse.Namespace, device: torch.device) -> dict[str, list[di
                    "series": "deit_tiny_distilled_patch16_224", "batch": b, "x": b} for b in tiny_b]
         + [{"label": f"vit_c_micro_distilled_32 b{b}", "model": "vit_c_micro_distilled_32",
             "series": "vit_c_micro_distilled_32 (demo student)", "batch": b, "x": b} for b in demo_b],
-        "tokens": [{"label": f"{MICRO} img_size={s} attn={a}", "model": MICRO, "kwargs": {"img_size": s},
-                    "attention": a, "series": f"{MICRO}, {a} attention", "batch": bs_size, "x": (s // 4) ** 2}
+        "tokens": [{"label": f"{MICRO} img_size={s} attn={a} b{_token_batch(s, bs_size)}", "model": MICRO,
+                    "kwargs": {"img_size": s}, "attention": a, "series": f"{MICRO}, {a} attention",
+                    "batch": _token_batch(s, bs_size), "x": (s // 4) ** 2}
                    for a in ("sdpa", "explicit") for s in sizes],
         "depth": [{"label": f"{m} depth={d}", "model": m, "kwargs": {"depth": d},
                    "series": f"{m} ({'re-attention' if m == REATTN else 'plain'})", "batch": bs_depth, "x": d}
                   for m in (MICRO, REATTN) for d in depths],
     }  # fmt: skip
+
+
+def _token_batch(img_size: int, images_at_28: int) -> int:
+    """Batch of the tokens sweep: about the same number of tokens per step at every size (at least 2 images),
+    so that the attention maps of 3,136 tokens fit in memory."""
+    return max(2, images_at_28 * 49 // (img_size // 4) ** 2)
 
 
 def overhead(depth_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
