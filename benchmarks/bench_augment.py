@@ -180,7 +180,11 @@ class _PILSet(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------------------------- main
 
 
-def bench_size(size: int, src: int, chans: int, n: int, min_time: float, use_timm: bool, workers: int) -> list[dict]:
+def bench_size(
+    size: int, src: int, chans: int, n: int, min_time: float, use_timm: bool, workers: int, device: str = "cpu"
+) -> list[dict]:
+    """Rows of img/s: deitlab's batched pipeline (on ``device``; its names say which when not the CPU), then the
+    per-image baseline (always on the CPU, as in a DataLoader)."""
     mean = (0.485, 0.456, 0.406) if chans == 3 else (0.2860,)
     std = (0.229, 0.224, 0.225) if chans == 3 else (0.3530,)
     k = 1000 if chans == 3 else 10
@@ -206,7 +210,15 @@ def bench_size(size: int, src: int, chans: int, n: int, min_time: float, use_tim
                 ra_interpolation=ra_interp,
             )
             tag = "" if ra_interp == "bicubic" else ", RA bilinear"
-            row(f"deitlab batched ({threads} thr{tag})", lambda aug=aug: mix(aug(x, g), y, g, inplace=True))
+            xd, yd = x.to(device), y.to(device)
+            where = "" if device == "cpu" else f" on {device}"
+
+            def run(aug: TrainAugment = aug, xd: torch.Tensor = xd, yd: torch.Tensor = yd) -> None:
+                mix(aug(xd, g), yd, g, inplace=True)
+                if xd.is_cuda:
+                    torch.cuda.synchronize()
+
+            row(f"deitlab batched{where} ({threads} thr{tag})", run)
     torch.set_num_threads(1)  # as in a DataLoader worker, where torch runs one thread per process
 
     pil = to_pil(x)

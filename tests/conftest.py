@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
 
 torch.set_num_threads(2)
+# deitlab.optimize_for's per-machine cache: the tests' own, never the user's ~/.cache/deitlab.
+os.environ.setdefault("DEITLAB_CACHE", tempfile.mkdtemp(prefix="deitlab-cache-"))
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ from deitlab.models import (
     list_models,
     register_model,
 )
+from deitlab.optimize import optimize_for
 from deitlab.predictor import Prediction, Predictor
 from deitlab.preprocess import Preprocessing
 from deitlab.pretrained import from_pretrained, save_pretrained
@@ -25,6 +26,7 @@ __all__ = [
     "create_model",
     "from_pretrained",
     "list_models",
+    "optimize_for",
     "register_model",
     "resolve_model",
     "save_pretrained",

@@ -165,9 +165,23 @@ def _write_outputs(r: DemoResult) -> None:
         "teacher": r.teacher.final, "student": r.student.final,
         "baseline": r.baseline.final if r.baseline else None,
         "img_per_s": {"teacher": r.teacher.images_per_second, "student": r.student.images_per_second},
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "precision": _precisions(r.out_dir),
     }  # fmt: skip
     atomic_write_bytes(r.out_dir / "results.json", json.dumps(payload, indent=1).encode())
+
+
+def _precisions(out_dir: Path) -> dict[str, str]:
+    """What deitlab.optimize_for chose for each run of the demo (``<run>/optimize.json``): role -> precision."""
+    chosen = {}
+    for run in ("teacher", "student", "baseline"):
+        try:
+            plans = json.loads((out_dir / run / "optimize.json").read_text())
+        except (OSError, ValueError):
+            continue
+        chosen[run] = plans["student"]["precision"]  # the run's trained model ("student" of its own run)
+        if "teacher" in plans:
+            chosen[f"{run}'s teacher (inference)"] = plans["teacher"]["precision"]
+    return chosen
 
 
 def _pct(d: dict[str, float], key: str) -> str:
@@ -196,8 +210,10 @@ def format_table(r: DemoResult) -> str:
             f"| {r.baseline.train_seconds:.0f} s |"
         )
     rows.append("")
+    chosen = ", ".join(f"{k} {v}" for k, v in _precisions(r.out_dir).items())
     rows.append(
-        f"{r.dataset}, test split; {torch.get_num_threads()} CPU threads; total wall time "
-        f"{r.wall_seconds / 60:.1f} min; outputs in {r.out_dir}"
+        f"{r.dataset}, test split; {torch.get_num_threads()} CPU threads; precision (optimize_for; each run's "
+        f"optimize.json says why): {chosen or '-'}; total wall time {r.wall_seconds / 60:.1f} min; "
+        f"outputs in {r.out_dir}"
     )
     return "\n".join(rows)

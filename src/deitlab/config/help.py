@@ -81,10 +81,11 @@ KEY_HELP: dict[str, str] = {
     "optim.clip_grad": "clip the global gradient norm to this; none: no clipping",
     # train
     "train.epochs": "training epochs",
-    "train.precision": "fp32 | bf16 (CPU/CUDA autocast) | fp16 (CUDA)",
+    "train.precision": "auto (fastest measured here, cached; the run saves optimize.json) | fp32 | bf16 | fp16 (CUDA)",
+    "train.compile": "torch.compile: auto (when the run repays the measured compile time) | always | never",
     "train.seed": "seed of weights, sampler order and augmentation",
     "train.device": "auto | cpu | cuda",
-    "train.threads": "CPU threads; none: PyTorch's default",
+    "train.threads": "CPU threads; none: PyTorch's default, halved only if that measures 10% faster",
     "train.ema": "keep an exponential moving average of the weights (evaluated too)",
     "train.ema_decay": "EMA decay per step",
     "train.output_dir": "run directory; none: runs/<model>-<dataset>-<time>",

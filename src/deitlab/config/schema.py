@@ -99,10 +99,11 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 300
-    precision: str = "fp32"  # fp32 | bf16 (CPU/CUDA autocast) | fp16 (CUDA)
+    precision: str = "auto"  # auto (fastest measured here: deitlab.optimize_for) | fp32 | bf16 | fp16 (CUDA)
+    compile: str = "auto"  # torch.compile: auto (when the run repays the measured compile time) | always | never
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    threads: int | None = None  # CPU threads; None: PyTorch's default
+    threads: int | None = None  # CPU threads; None: PyTorch's default, halved only if that measures faster
     ema: bool = False
     ema_decay: float = 0.99996
     output_dir: str | None = None  # None: runs/<model>-<dataset>-<time>
@@ -180,7 +181,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "distill.type": ("none", "soft", "hard"),
     "distill.reduction": ("auto", "deit", "batchmean"),
     "optim.name": ("adamw", "sgd"),
-    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.compile": ("auto", "always", "never"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.fusion": ("logits", "softmax"),
     "train.headline_weights": ("raw", "ema"),

@@ -8,7 +8,6 @@ official ``.pth``), timm/torchvision architectures with local weights when those
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -75,7 +74,8 @@ class FrozenTeacher:
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        amp = torch.autocast(x.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        # fp32 switches autocast off: the teacher runs inside the student's (maybe bf16) autocast region
+        amp = torch.autocast(x.device.type, dtype=dtype) if dtype else torch.autocast(x.device.type, enabled=False)
         with torch.no_grad(), amp:
             out = self.model(x)
         if isinstance(out, DistilledLogits):

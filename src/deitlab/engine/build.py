@@ -48,6 +48,7 @@ from deitlab.engine.optim import build_optimizer, lr_at, scaled_lr
 from deitlab.engine.run import Batches, Callbacks, Run, Schedule, Settings
 from deitlab.engine.runlog import RunLog
 from deitlab.engine.scaler import StepScaler
+from deitlab.engine.tuning import save_plans, tune_run
 from deitlab.preprocess import COLOR_MODES, Preprocessing
 from deitlab.pretrained import ModelCard
 
@@ -74,12 +75,19 @@ def build_run(cfg: Config, *, device: torch.device, dist: DistInfo) -> Run:
     criterion = build_criterion(cfg, teacher, mixing=mixup is not None)
     loader = build_train_loader(cfg, data, rank=dist.rank, world_size=dist.world_size, mixing=mixup is not None)
     eval_set, test_set = _eval_sets(cfg, data, dist)
-    settings = _settings(cfg, steps_per_epoch=len(loader))
     optimizer = _build_optimizer(cfg, model)
     ema = ModelEma(model, decay=cfg.train.ema_decay) if cfg.train.ema else None
+    # train.precision=auto and the other machine-dependent settings (after the EMA copy: a compile stays on the
+    # model); the config then records the resolved precision.
+    cfg, plans = tune_run(
+        cfg, model, teacher, in_chans=data.train.in_chans, img_size=data.img_size, device=device, dist=dist,
+        steps=cfg.train.epochs * len(loader), run_dir=run_dir,
+    )  # fmt: skip
+    settings = _settings(cfg, steps_per_epoch=len(loader))
     ddp_model = _wrap_ddp(model, device, dist)
     aug_gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed * AUG_SEED_MULTIPLIER + dist.rank)
     create_run_dir(run_dir, cfg, is_main=dist.is_main)  # only now: a run that cannot start leaves nothing
+    save_plans(run_dir, plans, is_main=dist.is_main)
     return Run(
         device=device, dist=dist, run_dir=run_dir, config=cfg.to_dict(), data=data, model=model,
         ddp_model=ddp_model, teacher=teacher, criterion=criterion, optimizer=optimizer,

@@ -202,8 +202,9 @@ def build_teacher(cfg: Config, data: Data, device: torch.device) -> FrozenTeache
         num_classes=data.train.num_classes, in_chans=data.train.in_chans, img_size=_teacher_build_size(cfg, data),
     )  # fmt: skip
     size = teacher_input_size(model, cfg.teacher.img_size, data.img_size)
+    precision = "fp32" if cfg.train.precision == "auto" else cfg.train.precision  # auto: resolved by tune_run
     teacher = FrozenTeacher(
-        model, precision=cfg.train.precision, channels_last=cfg.teacher.channels_last,
+        model, precision=precision, channels_last=cfg.teacher.channels_last,
         input_size=size if size != data.img_size else None,
     )  # fmt: skip
     return teacher.to(device)

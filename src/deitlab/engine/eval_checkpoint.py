@@ -12,6 +12,7 @@ from deitlab.config import Config, config_from_dict
 from deitlab.data import EvalAugment, ImageSet, load_dataset
 from deitlab.engine.builders import check_precision, eval_batches, resolve_device
 from deitlab.engine.evaluate import evaluate, summarize
+from deitlab.engine.tuning import tune_for_eval
 from deitlab.errors import ConfigError
 from deitlab.predictor import Predictor
 from deitlab.pretrained import model_input_size
@@ -52,7 +53,7 @@ def evaluate_checkpoint(
     data_path: str | None = None,
     split: str = "test",
     batch_size: int = 512,
-    precision: str = "fp32",
+    precision: str = "auto",
     model_name: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on ``dataset``/``split``.
@@ -85,6 +86,8 @@ def evaluate_checkpoint(
     device = resolve_device("auto")
     check_precision(precision, device)
     model = src.model.to(device)
+    precision = tune_for_eval(model, precision, device=device, in_chans=data.in_chans, img_size=transform.img_size,
+                              batch_size=batch_size, images=len(data))  # fmt: skip
     with torch.inference_mode():
         counts, _ = evaluate(
             model, eval_batches(data, batch_size), transform, num_classes=data.num_classes, device=device,

