@@ -42,6 +42,7 @@ def parser(doc: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="print the run list (and its size) and exit")
     p.add_argument("--data-path", default=None, help=f"Fashion-MNIST idx files (default {FASHION})")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (the budgets assume 2 cores)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process (many cores or a GPU)")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     return p
 
@@ -79,15 +80,17 @@ def run_phase(
     listing: bool = False,
     metric: str = "test_acc",
     train_fn: Callable[[Any], Any] = train,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
-    """Train the specs not yet recorded in ``out/runs.jsonl`` (see :func:`run_specs`); ``listing`` only prints."""
+    """Train the specs not yet recorded in ``out/runs.jsonl`` (see :func:`run_specs`; ``jobs`` runs at once, each
+    with ``--threads // jobs`` threads); ``listing`` only prints."""
     if listing:
         done = {r["name"] for r in read_records(out / "runs.jsonl")}
         for s in specs:
             print(f"{'done' if s.name in done else 'todo'}  {out.name}/{s.name}  {' '.join(s.overrides)}")
         print(f"{out.name}: {len(specs)} runs, {len(done & {s.name for s in specs})} done")
         return [r for r in read_records(out / "runs.jsonl") if r["name"] in {s.name for s in specs}]
-    return run_specs(specs, out, base_overrides=list(base), metric=metric, train_fn=train_fn)
+    return run_specs(specs, out, base_overrides=list(base), metric=metric, train_fn=train_fn, jobs=jobs)
 
 
 def cached(path: Path, key: str, compute: Callable[[], Any]) -> Any:

@@ -35,9 +35,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import _common as c
 import torch
 
+import _common as c
 from deitlab.analysis import RunSpec
 from deitlab.analysis.agreement import head_predictions, rate
 from deitlab.analysis.maps import eval_mode
@@ -384,10 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(args.quick, args.seeds)
     data = c.data_overrides(args)
     students = [*data, *STUDENT_RECIPE, *(QUICK_STUDENT if args.quick else [])]
-    teachers = c.run_phase(teacher_specs(plan), out / "teachers", data, listing=args.list)
-    grid = c.run_phase(grid_specs(plan, out), out / "grid", students, listing=args.list, metric="acc")
+    teachers = c.run_phase(teacher_specs(plan), out / "teachers", data, listing=args.list, jobs=args.jobs)
+    grid = c.run_phase(grid_specs(plan, out), out / "grid", students, listing=args.list, metric="acc", jobs=args.jobs)
     long_specs = length_specs(plan, out) if args.long else []
-    long = c.run_phase(long_specs, out / "length", students, listing=args.list, metric="acc")
+    long = c.run_phase(long_specs, out / "length", students, listing=args.list, metric="acc", jobs=args.jobs)
     if args.list:
         print(f"table: 1 ViT teacher + {len(TABLE_ROWS) * len(plan.seeds)} runs at the cell chosen after the grid")
         total = len(teacher_specs(plan)) + len(grid_specs(plan, out)) + len(long_specs) + 1
@@ -398,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     grid_cells = {m: cells(grid, measured, m) for m in (STUDENT, VITC)}
     n, aug = best_cell(grid_cells[STUDENT])
     vit_spec, row_specs = table_specs(plan, out, n, aug)
-    vit = c.run_phase(vit_spec, out / "vit_teacher", students, metric="acc")
-    rows = c.run_phase(row_specs, out / "table", students, metric="acc")
+    vit = c.run_phase(vit_spec, out / "vit_teacher", students, metric="acc", jobs=args.jobs)
+    rows = c.run_phase(row_specs, out / "table", students, metric="acc", jobs=args.jobs)
     measured.update(measure_all(out, [r for r in rows if r["labels"]["teacher"] != "vit"], cnn))
     measured.update(measure_all(out, [r for r in rows if r["labels"]["teacher"] == "vit"],
                                 {n: teacher_path(out, "vit", n)}))  # fmt: skip

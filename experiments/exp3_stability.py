@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import _common as c
-
 import deitlab
 from deitlab.analysis import RunSpec, grid_specs, lr_wd_specs, space_around
 from deitlab.analysis.stability import aggregate, summarize_lr_wd
@@ -126,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     out = c.setup(args, NAME)
     base = [*c.data_overrides(args), *RECIPE, *(QUICK if args.quick else [])]
     lr_wd_specs_, budget_specs = specs(args.quick)
-    lr_wd = c.run_phase(lr_wd_specs_, out / "lr_wd", base, listing=args.list, metric="acc")
-    budget = c.run_phase(budget_specs, out / "epochs", base, listing=args.list, metric="acc")
+    lr_wd = c.run_phase(lr_wd_specs_, out / "lr_wd", base, listing=args.list, metric="acc", jobs=args.jobs)
+    budget = c.run_phase(budget_specs, out / "epochs", base, listing=args.list, metric="acc", jobs=args.jobs)
     if args.list:
         print(f"total: {len(lr_wd_specs_) + len(budget_specs)} runs")
         return 0

@@ -23,9 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import _common as c
 import torch
 
+import _common as c
 import deitlab
 from deitlab.analysis import attention_collapse, grid_specs
 from deitlab.analysis.report import analyze_collapse, load_subject
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     longer = [f"train.epochs={args.epochs}", f"train.eval_every={args.epochs}"] if args.epochs else []
     base = [*c.data_overrides(args), *RECIPE, *(QUICK if args.quick else []), *longer]
     run_list = specs(args.quick, args.seeds)
-    records = c.run_phase(run_list, out / "runs", base, listing=args.list, train_fn=train_with_probe)
+    records = c.run_phase(run_list, out / "runs", base, listing=args.list, train_fn=train_with_probe, jobs=args.jobs)
     if args.list:
         print(f"total: {len(run_list)} runs")
         return 0

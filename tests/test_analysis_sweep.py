@@ -165,3 +165,32 @@ def test_real_micro_trainings_resume_after_a_crash(tmp_path: Path) -> None:
     assert all(0 <= r["error"] <= 100 and r["history"] for r in records)
     assert not (Path(records[0]["run_dir"]) / "checkpoints").exists()  # resume files removed once recorded
     assert (Path(records[0]["run_dir"]) / "model.safetensors").is_file()
+
+
+def peaked_train(cfg: Any) -> FakeResult:
+    """A picklable stand-in for ``train`` (parallel runs execute in spawned processes): accuracy peaks at lr 1e-3."""
+    if cfg.optim.lr > 1.0:
+        raise RuntimeError("simulated failure in a worker")
+    acc = 90.0 - 5 * abs(math.log10(cfg.optim.lr / 1e-3))
+    return FakeResult({"acc": acc, "test_acc": acc}, [{"epoch": 0, "train_loss": 1.0, "acc": acc}])
+
+
+def test_parallel_jobs_record_every_run_once_with_the_serial_results(tmp_path: Path) -> None:
+    serial = run_specs(specs(3), tmp_path / "serial", base_overrides=BASE, train_fn=peaked_train)
+    parallel = run_specs(specs(3), tmp_path / "parallel", base_overrides=BASE, train_fn=peaked_train, jobs=3)
+    key = ("name", "error", "lr", "weight_decay")
+    assert [{k: r.get(k) for k in key} for r in parallel] == [{k: r.get(k) for k in key} for r in serial]
+    lines = read_records(tmp_path / "parallel" / RESULTS_FILE)
+    assert sorted(r["name"] for r in lines) == sorted(s.name for s in specs(3))  # each once, in finishing order
+    with pytest.raises(ConfigError, match="jobs=0"):
+        run_specs(specs(1), tmp_path / "x", base_overrides=BASE, train_fn=peaked_train, jobs=0)
+
+
+def test_a_failing_parallel_run_is_raised_after_the_others_are_recorded(tmp_path: Path) -> None:
+    failing = lr_wd_specs(
+        ["deit_micro_distilled_patch4_28"], ["sgd"], 1, spaces={"sgd": space_around(8.0, 1e-4, low=1, high=1)}
+    )
+    bad = [*specs(1), *failing]
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        run_specs(bad, tmp_path, base_overrides=BASE, train_fn=peaked_train, jobs=2)
+    assert {r["name"] for r in read_records(tmp_path / RESULTS_FILE)} <= {s.name for s in bad[:-1]}

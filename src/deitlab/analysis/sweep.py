@@ -12,11 +12,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from deitlab.analysis import plots
 from deitlab.analysis._output import Report, finite_or_none, format_table, write_json
@@ -127,6 +131,56 @@ def _train_one(
     return _record(spec, cfg, result, diverged, time.perf_counter() - t0, metric, base)
 
 
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+
+def _run_parallel(
+    todo: Sequence[RunSpec],
+    configs: Mapping[str, Any],
+    jobs: int,
+    train_fn: Callable[[Any], Any],
+    metric: str,
+    base: Sequence[str],
+    record_done: Callable[[RunSpec, dict[str, Any]], None],
+) -> None:
+    """Train ``todo`` in ``jobs`` spawned processes; every finished run is recorded at once (a kill loses only the
+    runs in progress). A worker's exception stops the study after the runs in flight and is raised here."""
+    threads = max(1, torch.get_num_threads() // jobs)
+    ctx = multiprocessing.get_context("spawn")  # CUDA and forked OpenMP pools do not survive fork()
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+        queue, running = list(todo), {}  # type: ignore[var-annotated]
+        error: BaseException | None = None
+        while queue or running:
+            while queue and len(running) < jobs and error is None:
+                spec = queue.pop(0)
+                running[pool.submit(_train_one, spec, configs[spec.name], train_fn, metric, base)] = spec
+            if not running:
+                break
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in finished:
+                spec = running.pop(future)
+                error = error or _collect(future, spec, record_done)
+        if error is not None:
+            raise error
+
+
+def _collect(
+    future: Future, spec: RunSpec, record_done: Callable[[RunSpec, dict[str, Any]], None]
+) -> BaseException | None:
+    try:
+        record = future.result()
+    except Exception as e:  # noqa: BLE001 - re-raised by the caller once the runs in flight are recorded
+        log.error("run %s failed: %s", spec.name, e)
+        return e
+    if record is None:
+        log.warning("sweep stopped during %s (not recorded); rerun the same command to continue", spec.name)
+    else:
+        record_done(spec, record)
+    return None
+
+
 def _eta(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)
@@ -142,6 +196,7 @@ def run_specs(
     metric: str = "test_acc",
     keep_checkpoints: bool = False,
     train_fn: Callable[[Any], Any] = train,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
     """Train every spec not yet recorded in ``<out_dir>/runs.jsonl``; return the records of all specs, in order.
 
@@ -153,8 +208,14 @@ def run_specs(
     Args:
         keep_checkpoints: keep each run's resume checkpoints (otherwise deleted once the run is recorded; the
             final weights, config and logs stay).
-        train_fn: the training function (``deitlab.engine.train``; replaceable in tests).
+        train_fn: the training function (``deitlab.engine.train``; replaceable in tests; with ``jobs`` > 1 it must be
+            a module-level function, as the runs execute in spawned processes).
+        jobs: runs trained at once, each in its own process with ``torch.get_num_threads() // jobs`` CPU threads
+            (a many-core machine or a GPU that one small run leaves idle); runs.jsonl is written by this process only,
+            in the order runs finish.
     """
+    if jobs < 1:
+        raise ConfigError(f"jobs={jobs} must be >= 1")
     specs = list(specs)
     out_dir = Path(out_dir)
     results = out_dir / RESULTS_FILE
@@ -173,25 +234,32 @@ def run_specs(
         get_model_entry(cfg.model.name)  # an unknown model fails now, with close names, not after hours of runs
     log.info("sweep %s: %d runs, %d already done, %d to run", out_dir, len(specs), len(specs) - len(todo), len(todo))
     out_dir.mkdir(parents=True, exist_ok=True)
-    spent = 0.0
-    for i, spec in enumerate(todo):
-        cfg = configs[spec.name]
-        record = _train_one(spec, cfg, train_fn, metric, base_overrides)
-        if record is None:
-            log.warning("sweep stopped during %s (not recorded); rerun the same command to continue", spec.name)
-            break
+    spent, finished = 0.0, 0
+
+    def record_done(spec: RunSpec, record: dict[str, Any]) -> None:
+        nonlocal spent, finished
         append_record(results, record)
         done[spec.name] = finite_or_none(record)
         if not keep_checkpoints:
-            shutil.rmtree(Path(cfg.train.output_dir) / "checkpoints", ignore_errors=True)
-        wall = record["wall_seconds"]
-        spent += wall
-        left = len(todo) - i - 1
+            shutil.rmtree(Path(configs[spec.name].train.output_dir) / "checkpoints", ignore_errors=True)
+        finished += 1
+        spent += record["wall_seconds"]
+        left = len(todo) - finished
         log.info(
             "sweep %d/%d done, %d left, ETA %s: %s error %.2f%%%s (%.0f s)",
-            len(specs) - left, len(specs), left, _eta(spent / (i + 1) * left), spec.name, record["error"],
-            " (diverged)" if record["diverged"] else "", wall,
+            len(specs) - left, len(specs), left, _eta(spent / finished * left / jobs), spec.name, record["error"],
+            " (diverged)" if record["diverged"] else "", record["wall_seconds"],
         )  # fmt: skip
+
+    if jobs == 1:
+        for spec in todo:
+            record = _train_one(spec, configs[spec.name], train_fn, metric, base_overrides)
+            if record is None:
+                log.warning("sweep stopped during %s (not recorded); rerun the same command to continue", spec.name)
+                break
+            record_done(spec, record)
+    else:
+        _run_parallel(todo, configs, jobs, train_fn, metric, base_overrides, record_done)
     return [done[s.name] for s in specs if s.name in done]
 
 
