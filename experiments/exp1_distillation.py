@@ -44,6 +44,7 @@ from deitlab.analysis.maps import eval_mode
 from deitlab.analysis.plots import plot_curves, plot_metric_vs
 from deitlab.analysis.report import load_subject
 from deitlab.distill.teacher import FrozenTeacher, load_teacher
+from deitlab.engine import train
 
 NAME = "exp1"
 STUDENT, PLAIN, VITC, VIT_TEACHER = (
@@ -168,39 +169,58 @@ class Measurer:
     predictions are computed once.
     """
 
-    def __init__(self, out: Path, batch_size: int = 500) -> None:
-        self.out, self.batch_size = out, batch_size
+    def __init__(self, out: Path, batch_size: int = 500, device: str = "cpu") -> None:
+        self.out, self.batch_size, self.device = out, batch_size, device
         self.teachers: dict[Path, torch.Tensor] = {}
         self.cache = out / "measure.json"
 
     def predictions(self, model: Any, images: torch.Tensor) -> dict[str, torch.Tensor]:
         preds: dict[str, list[torch.Tensor]] = {}
+        device = next(model.parameters()).device
         with torch.no_grad():
             for x in images.split(self.batch_size):
-                for head, p in head_predictions(model(x)).items():
-                    preds.setdefault(head, []).append(p)
+                for head, p in head_predictions(model(x.to(device))).items():
+                    preds.setdefault(head, []).append(p.cpu())
         return {h: torch.cat(p) for h, p in preds.items()}
 
     def teacher(self, path: Path, images: torch.Tensor, num_classes: int) -> torch.Tensor:
         if path not in self.teachers:
             net = load_teacher(None, path, num_classes=num_classes, in_chans=int(images.shape[1]),
                                img_size=int(images.shape[-1]))  # fmt: skip
-            self.teachers[path] = self.predictions(FrozenTeacher(net), images)["cls"]
+            self.teachers[path] = self.predictions(FrozenTeacher(net.to(self.device)), images)["cls"]
         return self.teachers[path]
 
-    def run(self, record: Mapping[str, Any], teacher: Path) -> dict[str, Any]:
-        def compute() -> dict[str, Any]:
-            s = load_subject(record["run_dir"], weights="final", split="test", num_images=None)
-            with eval_mode(s.model):
-                preds = self.predictions(s.model, s.images)
-            t = self.teacher(teacher, s.images, len(s.classes))
-            return {
-                "acc": {h: rate(p, s.labels) for h, p in preds.items()},
-                "teacher_agreement": {h: rate(p, t) for h, p in preds.items()},
-                "teacher_acc": rate(t, s.labels), "images": len(s.labels),
-            }  # fmt: skip
+    def compute(self, run_dir: str | Path, teacher: Path) -> dict[str, Any]:
+        """The run's final weights on the full test split: each head's accuracy and agreement with ``teacher``."""
+        s = load_subject(run_dir, weights="final", split="test", num_images=None, device=self.device)
+        with eval_mode(s.model):
+            preds = self.predictions(s.model, s.images)
+        t = self.teacher(teacher, s.images, len(s.classes))
+        return {
+            "acc": {h: rate(p, s.labels) for h, p in preds.items()},
+            "teacher_agreement": {h: rate(p, t) for h, p in preds.items()},
+            "teacher_acc": rate(t, s.labels), "images": len(s.labels),
+        }  # fmt: skip
 
-        return c.cached(self.cache, record["name"], compute)
+    def run(self, record: Mapping[str, Any], teacher: Path) -> dict[str, Any]:
+        """Measured in the run's own process right after training (``train_and_measure``), else now (cached)."""
+        if "measure" in record.get("final", {}):
+            return record["final"]["measure"]
+        return c.cached(self.cache, record["name"], lambda: self.compute(record["run_dir"], teacher))
+
+
+def train_and_measure(cfg: Any) -> Any:
+    """``train``, then the test-split measurement of :class:`Measurer`, kept in the run's record (``final``): the
+    record then carries everything the report needs, so a study run elsewhere (``--jobs`` on a GPU machine) can be
+    finished and reported without its weights. The teacher is the run's own, else the CNN of its training-set size.
+    """
+    result = train(cfg)
+    run_dir = Path(cfg.train.output_dir)
+    out = run_dir.parents[2]  # <out>/<phase>/runs/<name>
+    teacher = Path(cfg.teacher.path) if cfg.teacher.path else teacher_path(out, "cnn", int(cfg.data.limit_train))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result.final["measure"] = Measurer(out, device=device).compute(run_dir, teacher)
+    return result
 
 
 def measure_all(out: Path, records: Sequence[Mapping[str, Any]], teachers: Mapping[int, Path]) -> dict[str, Any]:
@@ -385,9 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     data = c.data_overrides(args)
     students = [*data, *STUDENT_RECIPE, *(QUICK_STUDENT if args.quick else [])]
     teachers = c.run_phase(teacher_specs(plan), out / "teachers", data, listing=args.list, jobs=args.jobs)
-    grid = c.run_phase(grid_specs(plan, out), out / "grid", students, listing=args.list, metric="acc", jobs=args.jobs)
+    measured_phase = {"metric": "acc", "jobs": args.jobs, "train_fn": train_and_measure}
+    grid = c.run_phase(grid_specs(plan, out), out / "grid", students, listing=args.list, **measured_phase)
     long_specs = length_specs(plan, out) if args.long else []
-    long = c.run_phase(long_specs, out / "length", students, listing=args.list, metric="acc", jobs=args.jobs)
+    long = c.run_phase(long_specs, out / "length", students, listing=args.list, **measured_phase)
     if args.list:
         print(f"table: 1 ViT teacher + {len(TABLE_ROWS) * len(plan.seeds)} runs at the cell chosen after the grid")
         total = len(teacher_specs(plan)) + len(grid_specs(plan, out)) + len(long_specs) + 1
@@ -399,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     n, aug = best_cell(grid_cells[STUDENT])
     vit_spec, row_specs = table_specs(plan, out, n, aug)
     vit = c.run_phase(vit_spec, out / "vit_teacher", students, metric="acc", jobs=args.jobs)
-    rows = c.run_phase(row_specs, out / "table", students, metric="acc", jobs=args.jobs)
+    rows = c.run_phase(row_specs, out / "table", students, **measured_phase)
     measured.update(measure_all(out, [r for r in rows if r["labels"]["teacher"] != "vit"], cnn))
     measured.update(measure_all(out, [r for r in rows if r["labels"]["teacher"] == "vit"],
                                 {n: teacher_path(out, "vit", n)}))  # fmt: skip
