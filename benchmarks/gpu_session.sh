@@ -10,8 +10,12 @@ set -u
 out=$(mkdir -p "${1:?output folder}" && cd "$1" && pwd); budget=${2:-450}; start=$SECONDS
 left() { echo $((budget - (SECONDS - start))); }
 work=$(mktemp -d); export PYTHONUNBUFFERED=1
-# The experiments' run specs name absolute paths under /work/main: run from there so they match the CPU's.
-if [ "$(pwd -P)" != /work/main ]; then mkdir -p /work && rm -rf /work/main && cp -a . /work/main; fi
+# The experiments' run specs name absolute paths under /work/main: run from there so they match the CPU's. (Never
+# remove /work/main when it is this checkout itself: the device tool may place the working tree there.)
+if [ "$(pwd -P)" != /work/main ]; then
+  [ -e /work/main ] && { echo "/work/main exists and is not this checkout; move it away first" >&2; exit 2; }
+  mkdir -p /work && cp -a . /work/main
+fi
 cd /work/main && export PYTHONPATH=$PWD/src
 if [ -d .data/fashion-mnist ] && [ ! -e /usr/share/datasets/fashion-mnist ]; then
   mkdir -p /usr/share/datasets && cp -r .data/fashion-mnist /usr/share/datasets/
@@ -40,8 +44,10 @@ import sys, torch
 from deitlab import from_pretrained
 p = from_pretrained(sys.argv[1]); m = p.model
 x = torch.randn(64, *p.preprocessing.input_size, generator=torch.Generator().manual_seed(0))
+def logits(out):  # a distilled model returns both heads: compare the fused logits
+    return out.fused() if hasattr(out, "fused") else out
 with torch.no_grad():
-    cpu = m.float()(x); gpu = m.cuda()(x.cuda()).cpu()
+    cpu = logits(m.float()(x)); gpu = logits(m.cuda()(x.cuda())).cpu()
 print(f"CPU vs CUDA fp32 logits, 64 images: max abs diff {(cpu - gpu).abs().max().item():.3e}, "
       f"argmax agree {(cpu.argmax(1) == gpu.argmax(1)).float().mean().item():.3f}")
 PY

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from deitlab.engine.checkpoint import CKPT_DIR, _load_verified, read_manifest
+from deitlab.engine.checkpoint import CKPT_DIR, load_verified, read_manifest
 from deitlab.errors import CheckpointError
 from deitlab.io import read_checkpoint
 
@@ -58,7 +58,7 @@ def verify(run_dir: Path) -> tuple[int, int]:
     bad = 0
     for e in entries:
         try:
-            _load_verified(run_dir / CKPT_DIR / e.file, e)
+            load_verified(run_dir / CKPT_DIR / e.file, e)
         except (CheckpointError, OSError):
             bad += 1
     return len(entries), bad

@@ -81,9 +81,13 @@ def run_phase(
     metric: str = "test_acc",
     train_fn: Callable[[Any], Any] = train,
     jobs: int = 1,
+    train: bool = True,
 ) -> list[dict[str, Any]]:
     """Train the specs not yet recorded in ``out/runs.jsonl`` (see :func:`run_specs`; ``jobs`` runs at once, each
-    with ``--threads // jobs`` threads); ``listing`` only prints."""
+    with ``--threads // jobs`` threads); ``listing`` only prints; ``train=False`` returns the finished ones."""
+    if not train:
+        names = {s.name for s in specs}
+        return [r for r in read_records(out / "runs.jsonl") if r["name"] in names]
     if listing:
         done = {r["name"] for r in read_records(out / "runs.jsonl")}
         for s in specs:
@@ -132,7 +136,8 @@ def cpu_model() -> str:
         name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
     except (OSError, StopIteration, subprocess.SubprocessError):
         name = platform.processor() or platform.machine()
-    return f"{name}, {torch.get_num_threads()} threads (of {os.cpu_count()} CPUs)"
+    gpu = f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{name}, {torch.get_num_threads()} threads (of {os.cpu_count()} CPUs){gpu}"
 
 
 def wall_time(records: Iterable[Mapping[str, Any]]) -> float:

@@ -96,11 +96,14 @@ TABLE_ROWS: dict[str, tuple[str, str, list[str], str | None]] = {  # label -> (s
 class Plan:
     """Sizes, epochs and seeds of a real run or of a ``--quick`` smoke run (synthetic data, seconds)."""
 
-    def __init__(self, quick: bool, seeds: Sequence[int] | None = None) -> None:
+    def __init__(self, quick: bool, seeds: Sequence[int] | None = None, sizes: Sequence[int] | None = None) -> None:
         self.quick = quick
         self.epochs = QUICK_EPOCHS if quick else EPOCHS
         self.teacher_epochs = QUICK_EPOCHS if quick else TEACHER_EPOCHS
-        self.sizes = sorted(self.epochs)
+        unknown = sorted(set(sizes or ()) - set(self.epochs))
+        if unknown:
+            raise ValueError(f"--sizes {unknown} not among the study's sizes {sorted(self.epochs)}")
+        self.sizes = sorted(sizes or self.epochs)
         self.seeds = tuple(seeds) if seeds else (0,) if quick else SEEDS
         self.augs = {k: v for k, v in AUGS.items() if k != "crop+flip"} if quick else AUGS
 
@@ -223,6 +226,14 @@ def train_and_measure(cfg: Any) -> Any:
     return result
 
 
+def measured_all(
+    out: Path, records: Sequence[Mapping[str, Any]], teachers: Mapping[int, Path], measured: dict[str, Any]
+) -> dict[str, Any]:
+    """``measured`` plus the records not in it yet."""
+    measured.update(measure_all(out, [r for r in records if r["name"] not in measured], teachers))
+    return measured
+
+
 def measure_all(out: Path, records: Sequence[Mapping[str, Any]], teachers: Mapping[int, Path]) -> dict[str, Any]:
     m = Measurer(out)
     return {r["name"]: m.run(r, teachers[r["labels"]["size"]]) for r in records}
@@ -324,7 +335,13 @@ def markdown(res: Mapping[str, Any], files: Sequence[Path], quick: bool) -> str:
         "## Experiment 1: when does distillation help? (DeiT, in miniature)",
         "",
         "Command: `python experiments/exp1_distillation.py`" + (" (`--quick`: a smoke run)" if quick else ""),
-        f"CPU: {c.cpu_model()}; wall time of the runs: {res['wall_minutes']:.0f} min.",
+        f"Machine: {c.cpu_model()}; wall time of the runs: {res['wall_minutes']:.0f} min"
+        + (
+            f"; **partial: {res['finished_runs']} of {res['planned_runs']} runs finished**"
+            if res["finished_runs"] < res["planned_runs"]
+            else ""
+        )
+        + ".",
         "",
         "CNN teachers (resnet9_w16, test top-1 %): "
         + ", ".join(f"{k} images {v:.2f}" for k, v in res["teachers"].items() if v is not None)
@@ -335,7 +352,7 @@ def markdown(res: Mapping[str, Any], files: Sequence[Path], quick: bool) -> str:
         "",
         grid_markdown(res["grid_cells"][STUDENT]),
         "",
-        f"ViT_C twin ({VITC}) at {min(res['teachers'])} images:",
+        f"ViT_C twin ({VITC}) at {res['sizes'][0]} images:",
         "",
         grid_markdown(res["grid_cells"][VITC]),
         "",
@@ -399,17 +416,32 @@ def main(argv: list[str] | None = None) -> int:
     p = c.parser(__doc__, NAME)
     p.add_argument("--seeds", type=c.int_list, default=None, help="training seeds (default 0,1,2; extend later)")
     p.add_argument("--long", action="store_true", help="also train 3x longer runs at the smallest size (+20 min)")
+    p.add_argument(
+        "--sizes",
+        type=c.int_list,
+        default=None,
+        help=f"training-set sizes, a subset of {','.join(map(str, sorted(EPOCHS)))} (the rest can follow)",
+    )
+    p.add_argument("--report", action="store_true", help="train nothing: report the runs finished so far")
     args = p.parse_args(argv)
     out = c.setup(args, NAME)
-    plan = Plan(args.quick, args.seeds)
+    try:
+        plan = Plan(args.quick, args.seeds, args.sizes)
+    except ValueError as e:
+        p.error(str(e))
     data = c.data_overrides(args)
     students = [*data, *STUDENT_RECIPE, *(QUICK_STUDENT if args.quick else [])]
-    teachers = c.run_phase(teacher_specs(plan), out / "teachers", data, listing=args.list, jobs=args.jobs)
-    measured_phase = {"metric": "acc", "jobs": args.jobs, "train_fn": train_and_measure}
-    grid = c.run_phase(grid_specs(plan, out), out / "grid", students, listing=args.list, **measured_phase)
+    teachers = c.run_phase(teacher_specs(plan), out / "teachers", data, listing=args.list, jobs=args.jobs,
+                           train=not args.report)  # fmt: skip
+    measured_phase = {"metric": "acc", "jobs": args.jobs, "train_fn": train_and_measure, "train": not args.report}
+    # The patchify student's grid, then the table at its best cell, then the ViT_C twin (same folder as the grid).
+    student_specs = [s for s in grid_specs(plan, out) if s.labels["model"] == STUDENT]
+    twin_specs = [s for s in grid_specs(plan, out) if s.labels["model"] != STUDENT]
+    grid = c.run_phase(student_specs, out / "grid", students, listing=args.list, **measured_phase)
     long_specs = length_specs(plan, out) if args.long else []
     long = c.run_phase(long_specs, out / "length", students, listing=args.list, **measured_phase)
     if args.list:
+        c.run_phase(twin_specs, out / "grid", students, listing=True)
         print(f"table: 1 ViT teacher + {len(TABLE_ROWS) * len(plan.seeds)} runs at the cell chosen after the grid")
         total = len(teacher_specs(plan)) + len(grid_specs(plan, out)) + len(long_specs) + 1
         print(f"total: {total + len(TABLE_ROWS) * len(plan.seeds)} runs")
@@ -419,18 +451,21 @@ def main(argv: list[str] | None = None) -> int:
     grid_cells = {m: cells(grid, measured, m) for m in (STUDENT, VITC)}
     n, aug = best_cell(grid_cells[STUDENT])
     vit_spec, row_specs = table_specs(plan, out, n, aug)
-    vit = c.run_phase(vit_spec, out / "vit_teacher", students, metric="acc", jobs=args.jobs)
+    vit = c.run_phase(vit_spec, out / "vit_teacher", students, metric="acc", jobs=args.jobs, train=not args.report)
     rows = c.run_phase(row_specs, out / "table", students, **measured_phase)
     measured.update(measure_all(out, [r for r in rows if r["labels"]["teacher"] != "vit"], cnn))
     measured.update(measure_all(out, [r for r in rows if r["labels"]["teacher"] == "vit"],
                                 {n: teacher_path(out, "vit", n)}))  # fmt: skip
+    grid = [*grid, *c.run_phase(twin_specs, out / "grid", students, **measured_phase)]
+    grid_cells[VITC] = cells(grid, measured_all(out, grid, cnn, measured), VITC)
     here = grid_cells[STUDENT][(n, aug)]
     table = table_rows(here, rows, measured)
     runs = [*teachers, *grid, *long, *vit, *rows]
+    planned = len(teacher_specs(plan)) + len(grid_specs(plan, out)) + len(long_specs) + 1 + len(row_specs)
+    teacher_acc = {k: cell[HARD]["teacher_acc"] for (k, _), cell in sorted(grid_cells[STUDENT].items()) if HARD in cell}
     res = {
-        "best_cell": [n, aug],
-        "teachers": {size: next(v for (k, _), v in grid_cells[STUDENT].items() if k == size)[HARD]["teacher_acc"]
-                     for size in plan.sizes},
+        "best_cell": [n, aug], "finished_runs": len(runs), "planned_runs": planned, "sizes": plan.sizes,
+        "teachers": teacher_acc,
         "table_teachers": {"CNN (resnet9_w16)": here[HARD]["teacher_acc"],
                            f"ViT ({VIT_TEACHER})": table["hard+token, ViT teacher"]["teacher_acc"]},
         "grid_cells": grid_cells, "table": table, "measured": measured, "wall_minutes": c.wall_time(runs) / 60,

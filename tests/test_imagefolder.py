@@ -223,6 +223,9 @@ def test_folder_training_reports_splits_and_resumes_exactly(tmp_path):
     assert full.splits == {"eval": "val", "test": "val"}
     saved = json.loads((tmp_path / "full" / "results.json").read_text())
     assert saved["splits"] == {"eval": "val", "test": "val"} and "test_acc" in saved["final"]
+    card = json.loads((tmp_path / "full" / "model" / "config.json").read_text())
+    crop = card["pretrained_cfg"]["crop_pct"]
+    assert crop < 1 and card["preprocessing"]["native_size"] == [int(32 / crop)] * 2  # DeiT's eval resize, once
     entries = read_manifest(tmp_path / "full")
     cut = next(e for e in entries if e.step == 6)  # inside the second epoch
     part = tmp_path / "part"

@@ -333,6 +333,11 @@ def test_overwriting_a_run_removes_its_model_folders(tmp_path: Path) -> None:
     from deitlab.engine.builders import create_run_dir
 
     run = _run_dir(tmp_path)
+    for name in ("steps.jsonl", "ema.safetensors", "tensorboard/events.out"):  # what the replaced run also wrote
+        (run / name).parent.mkdir(exist_ok=True)
+        (run / name).write_text("old")
     cfg = build_config(overrides=[f"train.output_dir={run}", "train.overwrite=true"])
     create_run_dir(run, cfg, is_main=True)
     assert not (run / "model").exists() and not (run / "model_best").exists() and (run / "config.yaml").is_file()
+    left = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file())
+    assert left == ["config.yaml"], left

@@ -180,6 +180,10 @@ def model_card(cfg: Config, data: Data) -> ModelCard | None:
         return None
     pad = cfg.data.pad
     size = train.img_size if isinstance(train.img_size, tuple) else (train.img_size, train.img_size)
+    if cfg.data.dataset == "imagefolder":  # photos of any size: bring each to the resize of DeiT's evaluation
+        # (shorter side to img_size / crop_pct), so the centre crop that follows resamples nothing a second time
+        side = int(data.img_size / cfg.aug.eval_crop_pct)
+        size = (side + 2 * pad, side + 2 * pad)
     prep = Preprocessing(
         input_size=(train.in_chans, data.img_size, data.img_size), mean=tuple(train.mean), std=tuple(train.std),
         interpolation=cfg.aug.interpolation, crop_pct=cfg.aug.eval_crop_pct,

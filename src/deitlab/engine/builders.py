@@ -338,6 +338,11 @@ def resolve_run_dir(cfg: Config, *, is_main: bool) -> Path:
     return run_dir
 
 
+# What a run writes at its top level; --overwrite removes a replaced run's copies so none can pass for the new run's.
+STALE_FILES = ("log.jsonl", "steps.jsonl", "summary.csv", "manifest.json", "results.json", "optimize.json",
+               "best.safetensors", "model.safetensors", "ema.safetensors")  # fmt: skip
+
+
 def create_run_dir(run_dir: Path, cfg: Config, *, is_main: bool) -> None:
     """Create the run directory (clearing a replaced run's records) and save the resolved config."""
     if not is_main:
@@ -345,11 +350,11 @@ def create_run_dir(run_dir: Path, cfg: Config, *, is_main: bool) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.train.overwrite and not cfg.train.resume:
-            for stale in ("log.jsonl", "summary.csv", "manifest.json", "results.json", "best.safetensors"):
+            for stale in STALE_FILES:
                 (run_dir / stale).unlink(missing_ok=True)
             for f in (run_dir / "checkpoints").glob("ckpt-*.pt"):
                 f.unlink()
-            for folder in ("model", "model_best", "model_ema"):  # the replaced run's model folders
+            for folder in ("model", "model_best", "model_ema", "tensorboard"):  # the replaced run's folders
                 shutil.rmtree(run_dir / folder, ignore_errors=True)
         atomic_write_bytes(run_dir / "config.yaml", dump_yaml(cfg).encode())
     except OSError as e:

@@ -64,7 +64,8 @@ def save_resume(run_dir: Path, state: dict[str, Any], *, epoch: int, step: int, 
     return ckpt_dir / name
 
 
-def _load_verified(path: Path, entry: ManifestEntry | None) -> dict[str, Any]:
+def load_verified(path: Path, entry: ManifestEntry | None) -> dict[str, Any]:
+    """A checkpoint's state, after checking its bytes against its manifest entry (size and SHA-256) when given."""
     data = path.read_bytes()
     if entry is not None and (len(data) != entry.size or sha256_hex(data) != entry.sha256):
         raise CheckpointError(f"{path} does not match its manifest entry (size {len(data)} vs {entry.size})")
@@ -81,7 +82,7 @@ def load_resume(target: str | Path) -> tuple[dict[str, Any], Path]:
     """
     target = Path(target)
     if target.is_file():
-        return _load_verified(target, None), target.parent.parent if target.parent.name == CKPT_DIR else target.parent
+        return load_verified(target, None), target.parent.parent if target.parent.name == CKPT_DIR else target.parent
     if not target.is_dir():
         raise CheckpointError(f"nothing to resume at {target}: no such run directory or checkpoint file")
     entries = read_manifest(target)
@@ -95,7 +96,7 @@ def load_resume(target: str | Path) -> tuple[dict[str, Any], Path]:
     errors = []
     for path, entry in entries_or_files:
         try:
-            state = _load_verified(path, entry) if path.is_file() else None
+            state = load_verified(path, entry) if path.is_file() else None
         except CheckpointError as e:
             errors.append(str(e))
             log.warning("warning: skipping bad checkpoint %s (%s); trying the previous one", path.name, e)
