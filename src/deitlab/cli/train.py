@@ -111,7 +111,8 @@ def _print_metrics(final: dict[str, float], teacher: dict[str, float], splits: d
         split = splits.get("test" if "test_" in key else "eval")
         return f"  ({split} split)" if split else ""
 
-    keys = [k for k in final if k.startswith(("acc", "test_acc", "ema_acc", "test_ema_acc", "agreement", "test_agreement"))]
+    prefixes = ("acc", "test_acc", "ema_acc", "test_ema_acc", "agreement", "test_agreement")
+    keys = [k for k in final if k.startswith(prefixes)]
     keys = [k for k in keys if "acc5" not in k]
     for k in keys:
         print(f"  {k:28s} {final[k]:7.2f}%{split_of(k)}")

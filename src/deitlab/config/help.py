@@ -37,7 +37,7 @@ KEY_HELP: dict[str, str] = {
     # data
     "data.dataset": "fashion_mnist | mnist | digits | cifar10 | cifar100 | imagefolder | npz | synthetic",
     "data.path": "files of the data set (imagefolder: DIR with train/, val/ and/or test/ class folders)",
-    "data.batch_size": "GLOBAL batch over all processes (lr scales with it unless optim.scale_lr=false); DeiT: 1024 (-c deit_*)",
+    "data.batch_size": "GLOBAL batch over all processes (lr scales with it unless optim.scale_lr=false); DeiT: 1024",
     "data.eval_batch_size": "evaluation batch; none: 2 x batch_size",
     "data.val_fraction": "share of each class of the official train set held out as val (none: the set's default)",
     "data.repeated_aug": "repeated augmentation: copies of each image per epoch (1 = off, DeiT: 3)",
@@ -86,7 +86,7 @@ KEY_HELP: dict[str, str] = {
     "train.seed": "seed of weights, sampler order and augmentation",
     "train.device": "auto | cpu | cuda",
     "train.threads": "CPU threads; none: PyTorch's default, halved only if that measures 10% faster",
-    "train.ema": "keep an exponential moving average of the weights (evaluated too); DeiT main.py: on (-c deit_* recipes)",
+    "train.ema": "keep an exponential moving average of the weights (evaluated too); DeiT: on",
     "train.ema_decay": "EMA decay per step",
     "train.output_dir": "run directory; none: runs/<model>-<dataset>-<time>",
     "train.resume": "continue a run exactly: its directory or checkpoint file",
