@@ -115,6 +115,18 @@ def test_predict_mixed_images_matches_the_model_on_the_preprocessed_batch(grey_m
     assert torch.allclose(predictor.logits(x, "fused"), (out.cls_logits + out.dist_logits) / 2)
 
 
+def test_predictor_precision_runs_logits_under_autocast_and_tune_chooses_one(grey_model: Path) -> None:
+    predictor = deitlab.from_pretrained(grey_model)
+    x = torch.rand(4, 1, 32, 32)
+    full = predictor.logits(x)
+    predictor.precision = "bf16"
+    low = predictor.logits(x)
+    assert low.dtype == torch.float32 and not torch.equal(low, full)  # really ran in bf16 ...
+    assert torch.allclose(low, full, atol=0.1, rtol=0.05)  # ... and close to fp32
+    assert predictor.tune(images=3, batch_size=4) == "fp32"  # one batch: not worth measuring
+    assert predictor.tune(images=3, batch_size=4, precision="bf16") == "bf16"  # asked for, kept
+
+
 def test_unreadable_images_raise_or_are_skipped(grey_model: Path, tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     Image.fromarray(_smooth(28, 28, 1)[:, :, 0]).save(tmp_path / "good.png")

@@ -18,6 +18,7 @@ from torch import nn
 
 from deitlab.errors import ConfigError, DataError
 from deitlab.models import DistilledLogits
+from deitlab.optimize import optimize_for
 from deitlab.preprocess import ImageInput, Preprocessing
 
 HEADS = ("fused", "cls", "dist")
@@ -95,6 +96,7 @@ class Predictor:
         self.label_names = list(label_names) if label_names is not None else None
         self.source = source
         self.config = config or {}
+        self.precision = "fp32"  # autocast of logits(): fp32 | bf16 | fp16; tune() measures which is fastest here
 
     @property
     def device(self) -> torch.device:
@@ -139,11 +141,25 @@ class Predictor:
         if head == "dist" and not self.distilled:
             raise ConfigError("this model has one head (no distillation token); use head 'fused' or 'cls'")
 
+    def tune(self, images: int, batch_size: int = DEFAULT_BATCH, precision: str = "auto") -> str:
+        """Set the precision (and attention kernel) to classify ``images`` images in batches of ``batch_size``
+        with, chosen by :func:`deitlab.optimize_for` as ``deitlab eval`` and training do: measured on this machine
+        when ``precision`` is ``auto`` and the pass is long enough to repay measuring (else fp32). Returns it."""
+        c, h, w = self._preprocessing().input_size
+        example = torch.randn(max(1, min(batch_size, images)), c, h, w, device=self.device)
+        steps = -(-max(images, 1) // batch_size)
+        _, self.precision = optimize_for(self.model, example, "infer", precision=precision, threads="keep",
+                                         expected_steps=steps)  # fmt: skip
+        return self.precision
+
     @torch.inference_mode()
     def logits(self, x: torch.Tensor, head: str = "fused") -> torch.Tensor:
-        """The model's logits ``(B, classes)`` for a preprocessed float batch ``x``, from ``head``."""
+        """The model's logits ``(B, classes)`` (float32) for a preprocessed float batch ``x``, from ``head``, run
+        in :attr:`precision`."""
         self.check_head(head)
-        out = self.model(x.to(self.device))
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            out = self.model(x.to(self.device))
         return head_logits(out, head, getattr(self.model, "fusion", "logits")).float()
 
     def predict(
