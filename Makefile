@@ -42,8 +42,8 @@ test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow" tests; rc=$$?; if [ $$rc -eq $(NO_TESTS) ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff format --check src tests benchmarks experiments
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -66,11 +66,12 @@ AUGS: dict[str, list[str]] = {
     "deit": ["aug.crop_scale=[0.08,1.0]", "aug.hflip=0.5", "aug.rand_augment=rand-m9-mstd0.5-inc1",
              "aug.re_prob=0.25", "aug.mixup=0.8", "aug.cutmix=1.0"],
 }  # fmt: skip
+VAL_IMAGES = 1000  # the validation images every run is evaluated on (held out of the training split)
 NO, HARD = "no teacher", "hard+token"
 ARMS = {NO: ["distill.type=none"], HARD: ["distill.type=hard", "distill.alpha=0.5"]}
 STUDENT_RECIPE = [  # DeiT's recipe where it fits a 2-core budget: AdamW, cosine, label smoothing, stochastic depth
-    "data.batch_size=128", "data.limit_train_mode=stratified", "data.limit_eval=1000", "data.test_at_end=false",
-    "optim.name=adamw",
+    "data.batch_size=128", "data.limit_train_mode=stratified", f"data.limit_eval={VAL_IMAGES}",
+    "data.test_at_end=false", "optim.name=adamw",
     "optim.lr=2e-3", "optim.scale_lr=false", "optim.weight_decay=0.05", "optim.warmup_epochs=0.5", "optim.min_lr=1e-5",
     "aug.label_smoothing=0.1", "aug.eval_crop_pct=1", "model.drop_path_rate=0.1", "train.precision=bf16",
 ]  # fmt: skip
@@ -212,6 +213,20 @@ class Measurer:
         return c.cached(self.cache, record["name"], lambda: self.compute(record["run_dir"], teacher))
 
 
+def val_measure(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The engine's own last evaluation of a run, in :class:`Measurer`'s form: the validation split (VAL_IMAGES
+    held-out training images), each head's accuracy, the fused (or only) head's agreement with the run's teacher.
+
+    The report's cells use these for every run, so that runs whose weights stayed on another machine (the GPU share
+    of this study) and runs trained here are compared on the same images; a no-teacher run has no agreement.
+    """
+    f, t = record.get("final", {}), record.get("teacher", {})
+    heads = {h: f[f"acc_{h}"] for h in ("fused", "cls", "dist") if f"acc_{h}" in f} or {"cls": f.get("acc")}
+    agree = {"fused" if "acc_fused" in f else "cls": f["agreement"]} if "agreement" in f else {}
+    return {"acc": heads, "teacher_agreement": agree, "teacher_acc": t.get("teacher_acc"), "images": VAL_IMAGES,
+            "split": "val"}  # fmt: skip
+
+
 def train_and_measure(cfg: Any) -> Any:
     """``train``, then the test-split measurement of :class:`Measurer`, kept in the run's record (``final``): the
     record then carries everything the report needs, so a study run elsewhere (``--jobs`` on a GPU machine) can be
@@ -235,8 +250,9 @@ def measured_all(
 
 
 def measure_all(out: Path, records: Sequence[Mapping[str, Any]], teachers: Mapping[int, Path]) -> dict[str, Any]:
-    m = Measurer(out)
-    return {r["name"]: m.run(r, teachers[r["labels"]["size"]]) for r in records}
+    """Every record's validation measurement (:func:`val_measure`); the full-test-split measurement of runs trained
+    with ``train_and_measure`` stays in their records (results.json) as a supplement."""
+    return {r["name"]: val_measure(r) for r in records}
 
 
 # ---- statistics --------------------------------------------------------------------------------------------------
@@ -258,7 +274,7 @@ def cell_stats(runs: Sequence[Mapping[str, Any]], measured: Mapping[str, Any]) -
     flat = [flatness(r["history"]) for r in runs]
     return {
         **{h: c.mean_std(m["acc"].get(h) for m in ms) for h in ("fused", "cls", "dist")},
-        "agree": c.mean_std(m["teacher_agreement"].get("fused", m["teacher_agreement"]["cls"]) for m in ms),
+        "agree": c.mean_std(m["teacher_agreement"].get("fused", m["teacher_agreement"].get("cls")) for m in ms),
         "disagree": c.mean_std(h.get("train_teacher_disagree") for h in last),
         "loss_drop": c.mean_std(f["loss_drop"] for f in flat), "acc_gain": c.mean_std(f["acc_gain"] for f in flat),
         "teacher_acc": ms[0]["teacher_acc"] if ms else None, "seeds": len(runs),
@@ -292,7 +308,7 @@ def acc_vs_size(out: Path, table: Mapping[tuple, Mapping[str, Any]]) -> Path:
             if s["fused"]:
                 series.setdefault(f"{aug}, {arm}", []).append({"size": n, **s["fused"]})
     return plot_metric_vs(series, "size", out / "acc_vs_size.png", xlabel="training images (stratified subset)",
-                          ylabel="test top-1, fused heads (%)", logx=True,
+                          ylabel="val top-1, fused heads (%)", logx=True,
                           title="Fashion-MNIST, deit_micro_distilled_patch4_28")  # fmt: skip
 
 
@@ -343,7 +359,10 @@ def markdown(res: Mapping[str, Any], files: Sequence[Path], quick: bool) -> str:
         )
         + ".",
         "",
-        "CNN teachers (resnet9_w16, test top-1 %): "
+        f"Accuracies are on the validation split ({VAL_IMAGES} held-out training images), as the engine measured "
+        "them at the end of each run (see below for why not the test set).",
+        "",
+        "CNN teachers (resnet9_w16, val top-1 %): "
         + ", ".join(f"{k} images {v:.2f}" for k, v in res["teachers"].items() if v is not None)
         + ".",
         "",

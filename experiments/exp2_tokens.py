@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import _common as c
-
 from deitlab.analysis.plots import plot_token_cosine
 from deitlab.analysis.report import load_subject
 from deitlab.analysis.sweep import read_records
@@ -32,10 +31,20 @@ IMAGES = 256
 KEYS = ("input_cosine", "final_cosine", "head_cosine")
 
 
+def _has_weights(run_dir: Path) -> bool:
+    return any((run_dir / n).is_file() for n in ("model.safetensors", "model/model.safetensors"))
+
+
 def students(exp1: Path) -> list[dict[str, Any]]:
     """Experiment 1's finished runs of distilled students (grid and table), in order."""
     records = [*read_records(exp1 / "grid" / "runs.jsonl"), *read_records(exp1 / "table" / "runs.jsonl")]
-    runs = [r for r in records if "distilled" in r["model"]]
+    distilled = [r for r in records if "distilled" in r["model"]]
+    runs = [r for r in distilled if _has_weights(Path(r["run_dir"]))]
+    if len(runs) < len(distilled):  # e.g. runs trained on a GPU machine whose weights were not brought back
+        print(
+            f"note: {len(distilled) - len(runs)} of {len(distilled)} distilled students have no weights here; "
+            "measuring the others"
+        )
     if not runs:
         raise SystemExit(f"error: no distilled students under {exp1}; run experiments/exp1_distillation.py first")
     return runs

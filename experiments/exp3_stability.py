@@ -54,8 +54,9 @@ def plan(quick: bool) -> dict[str, Any]:
     return dict(n=16, budgets=[1, 2, 4, 8], seeds=[0, 1, 2])
 
 
-def specs(quick: bool) -> tuple[list, list]:
+def specs(quick: bool, budget_seeds: list[int] | None = None) -> tuple[list, list]:
     p = plan(quick)
+    p["seeds"] = budget_seeds or p["seeds"]
     spaces = {opt: space_around(*centre) for opt, centre in CENTRES.items()}
     lr_wd, budget = [], []
     for label, (model, kwargs) in TWINS.items():
@@ -121,10 +122,17 @@ def report(out: Path, lr_wd: list[dict], budget: list[dict], quick: bool) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = c.parser(__doc__, NAME).parse_args(argv)
+    ap = c.parser(__doc__, NAME)
+    ap.add_argument(
+        "--budget-seeds",
+        type=c.int_list,
+        default=None,
+        help="seeds of the training-length study (default 0,1,2; a subset now, the rest later)",
+    )
+    args = ap.parse_args(argv)
     out = c.setup(args, NAME)
     base = [*c.data_overrides(args), *RECIPE, *(QUICK if args.quick else [])]
-    lr_wd_specs_, budget_specs = specs(args.quick)
+    lr_wd_specs_, budget_specs = specs(args.quick, args.budget_seeds)
     lr_wd = c.run_phase(lr_wd_specs_, out / "lr_wd", base, listing=args.list, metric="acc", jobs=args.jobs)
     budget = c.run_phase(budget_specs, out / "epochs", base, listing=args.list, metric="acc", jobs=args.jobs)
     if args.list:

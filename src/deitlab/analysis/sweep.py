@@ -131,6 +131,31 @@ def _train_one(
     return _record(spec, cfg, result, diverged, time.perf_counter() - t0, metric, base)
 
 
+class _Book:
+    """Records finished runs (runs.jsonl, the in-memory table, checkpoint clean-up) and logs progress with an ETA."""
+
+    def __init__(self, results: Path, done: dict[str, Any], configs: Mapping[str, Any], *, total: int, todo: int,
+                 jobs: int, keep: bool) -> None:  # fmt: skip
+        self.results, self.done, self.configs, self.keep = results, done, configs, keep
+        self.total, self.todo, self.jobs = total, todo, jobs
+        self.spent, self.finished = 0.0, 0
+
+    def record(self, spec: RunSpec, record: dict[str, Any]) -> None:
+        append_record(self.results, record)
+        self.done[spec.name] = finite_or_none(record)
+        if not self.keep:
+            shutil.rmtree(Path(self.configs[spec.name].train.output_dir) / "checkpoints", ignore_errors=True)
+        self.finished += 1
+        self.spent += record["wall_seconds"]
+        left = self.todo - self.finished
+        eta = _eta(self.spent / self.finished * left / self.jobs)
+        log.info(
+            "sweep %d/%d done, %d left, ETA %s: %s error %.2f%%%s (%.0f s)",
+            self.total - left, self.total, left, eta, spec.name, record["error"],
+            " (diverged)" if record["diverged"] else "", record["wall_seconds"],
+        )  # fmt: skip
+
+
 def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -234,32 +259,16 @@ def run_specs(
         get_model_entry(cfg.model.name)  # an unknown model fails now, with close names, not after hours of runs
     log.info("sweep %s: %d runs, %d already done, %d to run", out_dir, len(specs), len(specs) - len(todo), len(todo))
     out_dir.mkdir(parents=True, exist_ok=True)
-    spent, finished = 0.0, 0
-
-    def record_done(spec: RunSpec, record: dict[str, Any]) -> None:
-        nonlocal spent, finished
-        append_record(results, record)
-        done[spec.name] = finite_or_none(record)
-        if not keep_checkpoints:
-            shutil.rmtree(Path(configs[spec.name].train.output_dir) / "checkpoints", ignore_errors=True)
-        finished += 1
-        spent += record["wall_seconds"]
-        left = len(todo) - finished
-        log.info(
-            "sweep %d/%d done, %d left, ETA %s: %s error %.2f%%%s (%.0f s)",
-            len(specs) - left, len(specs), left, _eta(spent / finished * left / jobs), spec.name, record["error"],
-            " (diverged)" if record["diverged"] else "", record["wall_seconds"],
-        )  # fmt: skip
-
+    book = _Book(results, done, configs, total=len(specs), todo=len(todo), jobs=jobs, keep=keep_checkpoints)
     if jobs == 1:
         for spec in todo:
             record = _train_one(spec, configs[spec.name], train_fn, metric, base_overrides)
             if record is None:
                 log.warning("sweep stopped during %s (not recorded); rerun the same command to continue", spec.name)
                 break
-            record_done(spec, record)
+            book.record(spec, record)
     else:
-        _run_parallel(todo, configs, jobs, train_fn, metric, base_overrides, record_done)
+        _run_parallel(todo, configs, jobs, train_fn, metric, base_overrides, book.record)
     return [done[s.name] for s in specs if s.name in done]
 
 
