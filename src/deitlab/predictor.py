@@ -18,7 +18,7 @@ from torch import nn
 
 from deitlab.errors import ConfigError, DataError
 from deitlab.models import DistilledLogits
-from deitlab.optimize import optimize_for
+from deitlab.optimize import precision_for_pass
 from deitlab.preprocess import ImageInput, Preprocessing
 
 HEADS = ("fused", "cls", "dist")
@@ -145,11 +145,9 @@ class Predictor:
         """Set the precision (and attention kernel) to classify ``images`` images in batches of ``batch_size``
         with, chosen by :func:`deitlab.optimize_for` as ``deitlab eval`` and training do: measured on this machine
         when ``precision`` is ``auto`` and the pass is long enough to repay measuring (else fp32). Returns it."""
-        c, h, w = self._preprocessing().input_size
-        example = torch.randn(max(1, min(batch_size, images)), c, h, w, device=self.device)
-        steps = -(-max(images, 1) // batch_size)
-        _, self.precision = optimize_for(self.model, example, "infer", precision=precision, threads="keep",
-                                         expected_steps=steps)  # fmt: skip
+        size = tuple(self._preprocessing().input_size)
+        self.precision = precision_for_pass(self.model, precision, input_size=size, device=self.device,
+                                            batch_size=batch_size, images=images)  # fmt: skip
         return self.precision
 
     @torch.inference_mode()

@@ -12,8 +12,8 @@ from deitlab.config import Config, config_from_dict
 from deitlab.data import EvalAugment, ImageSet, load_dataset
 from deitlab.engine.builders import check_precision, eval_batches, resolve_device
 from deitlab.engine.evaluate import evaluate, summarize
-from deitlab.engine.tuning import tune_for_eval
 from deitlab.errors import ConfigError
+from deitlab.optimize import precision_for_pass
 from deitlab.predictor import Predictor
 from deitlab.pretrained import model_input_size
 from deitlab.sources import is_url, resolve_model
@@ -86,8 +86,9 @@ def evaluate_checkpoint(
     device = resolve_device("auto")
     check_precision(precision, device)
     model = src.model.to(device)
-    precision = tune_for_eval(model, precision, device=device, in_chans=data.in_chans, img_size=transform.img_size,
-                              batch_size=batch_size, images=len(data))  # fmt: skip
+    size = (data.in_chans, transform.img_size, transform.img_size)
+    precision = precision_for_pass(model, precision, input_size=size, device=device, batch_size=batch_size,
+                                   images=len(data))  # fmt: skip
     with torch.inference_mode():
         counts, _ = evaluate(
             model, eval_batches(data, batch_size), transform, num_classes=data.num_classes, device=device,

@@ -18,7 +18,7 @@ from deitlab.config import Config
 from deitlab.distill.teacher import FrozenTeacher, fit_resolution
 from deitlab.engine.distributed import DistInfo
 from deitlab.io import atomic_write_bytes
-from deitlab.optimize import Plan, apply_plan, optimize_for, plan_for
+from deitlab.optimize import Plan, apply_plan, plan_for
 
 log = logging.getLogger(__name__)
 
@@ -95,20 +95,3 @@ def save_plans(run_dir: Path, plans: dict[str, Plan], *, is_main: bool) -> None:
     if is_main:
         payload: dict[str, Any] = {role: p.to_dict() for role, p in plans.items()}
         atomic_write_bytes(run_dir / PLANS_FILE, json.dumps(payload, indent=1).encode())
-
-
-def tune_for_eval(
-    model: nn.Module,
-    precision: str,
-    *,
-    device: torch.device,
-    in_chans: int,
-    img_size: int,
-    batch_size: int,
-    images: int,
-) -> str:
-    """The precision (and attention kernel, compile) to evaluate ``model`` on ``images`` images in batches of
-    ``batch_size``: measured when ``precision`` is ``auto`` and the pass is long enough to repay measuring."""
-    example = torch.randn(max(1, min(batch_size, images)), in_chans, img_size, img_size, device=device)
-    steps = -(-images // batch_size)
-    return optimize_for(model, example, "infer", precision=precision, threads="keep", expected_steps=steps)[1]

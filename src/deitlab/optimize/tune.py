@@ -260,3 +260,20 @@ def optimize_for(
     plan = plan_for(model, example_batch, mode, **options)
     log.info("%s", plan.summary())
     return apply_plan(model, plan), plan.precision
+
+
+def precision_for_pass(
+    model: nn.Module,
+    precision: str,
+    *,
+    input_size: tuple[int, int, int],
+    device: torch.device,
+    batch_size: int,
+    images: int,
+) -> str:
+    """The precision (and attention kernel, compile) to run ``model`` over ``images`` images of ``input_size``
+    ``(C, H, W)`` in batches of ``batch_size`` (``deitlab eval`` and ``predict``): measured when ``precision`` is
+    ``auto`` and the pass is long enough to repay measuring."""
+    example = torch.randn(max(1, min(batch_size, images)), *input_size, device=device)
+    steps = -(-max(images, 1) // batch_size)
+    return optimize_for(model, example, "infer", precision=precision, threads="keep", expected_steps=steps)[1]
