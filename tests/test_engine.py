@@ -36,6 +36,17 @@ def _cfg(tmp: Path, *extra: str, name: str = "run"):
     )  # fmt: skip
 
 
+def copy_run_cut_at(full: Path, part: Path, step: int) -> None:
+    """Copy run ``full`` to ``part`` as if it had died right after its checkpoint at ``step``: later checkpoints and
+    their manifest entries are gone."""
+    entries = read_manifest(full)
+    shutil.copytree(full, part)
+    write_manifest(part, [e for e in entries if e.step <= step])
+    for e in entries:
+        if e.step > step:
+            (part / "checkpoints" / e.file).unlink()
+
+
 def test_lr_schedule_is_a_pure_function_of_the_step() -> None:
     kw = dict(base_lr=1e-3, total_steps=100, warmup_steps=10, warmup_lr=1e-6, min_lr=1e-5)
     assert lr_at(0, **kw) == pytest.approx(1e-6)
@@ -93,11 +104,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path: Path) -> None
     # Pretend the run died right after a mid-epoch checkpoint: keep the run dir only up to it.
     cut = next(e for e in entries if e.step % 8 != 0 and e.step > 8)  # inside the second epoch (8 steps/epoch)
     part = tmp_path / "part"
-    shutil.copytree(tmp_path / "full", part)
-    write_manifest(part, [e for e in entries if e.step <= cut.step])
-    for e in entries:
-        if e.step > cut.step:
-            (part / "checkpoints" / e.file).unlink()
+    copy_run_cut_at(tmp_path / "full", part, cut.step)
     resumed = build_config(overrides=[f"train.resume={part}", "train.epochs=2", "train.progress=false"])
     result = train(resumed)
     again = read_checkpoint(part / "model.safetensors")[0]

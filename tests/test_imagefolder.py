@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,10 @@ from deitlab.data.folders import open_folder_splits
 from deitlab.data.geometry import resize_center_crop, sample_generator, to_tensor
 from deitlab.data.loader import StreamLoader
 from deitlab.engine import train
-from deitlab.engine.checkpoint import read_manifest, write_manifest
+from deitlab.engine.checkpoint import read_manifest
 from deitlab.errors import ConfigError, DataError
 from deitlab.io import read_checkpoint
+from test_engine import copy_run_cut_at  # tests/ is on sys.path (rootdir conftest)
 
 GREEN = (0, 255, 0)
 GREY = 128
@@ -229,11 +229,7 @@ def test_folder_training_reports_splits_and_resumes_exactly(tmp_path):
     entries = read_manifest(tmp_path / "full")
     cut = next(e for e in entries if e.step == 6)  # inside the second epoch
     part = tmp_path / "part"
-    shutil.copytree(tmp_path / "full", part)
-    write_manifest(part, [e for e in entries if e.step <= cut.step])
-    for e in entries:
-        if e.step > cut.step:
-            (part / "checkpoints" / e.file).unlink()
+    copy_run_cut_at(tmp_path / "full", part, cut.step)
     train(build_config(overrides=[f"train.resume={part}", "train.progress=false"]))
     a, _ = read_checkpoint(tmp_path / "full" / "model.safetensors")
     b, _ = read_checkpoint(part / "model.safetensors")
