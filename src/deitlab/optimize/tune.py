@@ -29,6 +29,7 @@ from deitlab.optimize.measure import (
     precision_candidates,
     untouched,
 )
+from deitlab.optimize.memory import retain_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,14 @@ def plan_for(
         threads: ``auto`` to try half the current CPU threads too; ``keep`` leaves them as they are.
         expected_steps: the run's length in steps; decides whether measuring and compiling can pay off.
         cache: read and write the per-machine cache.
+
+    On the CPU this also keeps freed memory in the process (:func:`deitlab.optimize.memory.retain_freed_memory`,
+    process-wide; ``DEITLAB_MALLOC=system`` switches it off).
     """
     _check(mode, precision, attention, threads, compile)
     device = example_batch.device
+    if device.type == "cpu":
+        retain_freed_memory()  # before any timing: page faults would otherwise cost a quarter of a small step
     if precision in ("bf16", "fp16") and precision not in precision_candidates(device) and device.type == "cuda":
         raise ConfigError(f"precision {precision!r} is not supported by {torch.cuda.get_device_name(device)}")
     if precision == "fp16" and device.type != "cuda":
