@@ -33,6 +33,9 @@ KEY_HELP: dict[str, str] = {
     "distill.tau": "soft-distillation temperature (the KL term is scaled by tau^2)",
     "distill.reduction": "soft KL reduction: auto (deit for students with a distillation token, batchmean for "
     "classic KD) | deit (sum / (batch*classes), official code) | batchmean (Hinton, timm)",
+    "distill.cache_teacher": "remember the teacher's logits per distinct training image (the teacher then runs "
+    "on ~2x the training set, not every epoch): auto = on the CPU when each image has at most two training views "
+    "(no random crop, RandAugment, erasing or mixing)",
     "distill.teacher_label_smoothing": "label smoothing of the teacher's hard labels (paper: 0.1 possible)",
     # data
     "data.dataset": "fashion_mnist | mnist | digits | cifar10 | cifar100 | imagefolder | npz | synthetic",

@@ -42,6 +42,9 @@ class DistillConfig:
     # deit (sum / (batch x classes), the official code) | batchmean (sum / batch: Hinton's KD, timm)
     reduction: str = "auto"
     teacher_label_smoothing: float = 0.0
+    # remember the teacher's logits per distinct training image: auto (on the CPU, when every image has at most two
+    # training views: no crop, RandAugment, erasing or mixing) | always | never
+    cache_teacher: str = "auto"
 
 
 @dataclass
@@ -180,6 +183,7 @@ ALIASES: dict[str, str] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "distill.type": ("none", "soft", "hard"),
     "distill.reduction": ("auto", "deit", "batchmean"),
+    "distill.cache_teacher": ("auto", "always", "never"),
     "optim.name": ("adamw", "sgd"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.compile": ("auto", "always", "never"),
@@ -221,7 +225,7 @@ def changed_keys(cfg: Config, reference: Config | None = None) -> dict[str, Any]
 RESUMABLE_KEYS = frozenset({
     "train.resume", "train.epochs", "train.progress", "train.checkpoint_every_steps", "train.keep_last",
     "train.threads", "train.device", "train.eval_every", "train.max_nonfinite", "data.path", "teacher.path",
-    "train.headline_weights", "log.every_steps", "log.tensorboard",
+    "train.headline_weights", "log.every_steps", "log.tensorboard", "distill.cache_teacher",
     "data.stream", "data.memory_budget_gb", "data.workers",  # image folders: same pixels in memory or streamed
 })  # fmt: skip
 

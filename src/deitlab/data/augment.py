@@ -325,6 +325,12 @@ class TrainAugment:
         self.re_prob, self.re_mode, self.re_count = re_prob, re_mode, re_count
         random_erasing(torch.zeros(1, 1, 4, 4), 0.0, mode=re_mode, count=re_count, generator=0)  # validate early
 
+    @property
+    def few_views(self) -> bool:
+        """Whether an image has at most two training views, itself and its mirror (no crop, RandAugment or
+        erasing): a frozen teacher's answers on them can then be remembered (``deitlab.distill.CachedTeacher``)."""
+        return self.scale is None and self.rand_augment is None and self.re_prob == 0
+
     def __call__(self, images: torch.Tensor, generator: torch.Generator | int | None = None) -> torch.Tensor:
         check_batch(images, "TrainAugment")
         if images.dtype != torch.uint8:

@@ -7,9 +7,10 @@ from deitlab.distill.losses import (
     hard_distillation,
     soft_distillation,
 )
-from deitlab.distill.teacher import FrozenTeacher, load_teacher
+from deitlab.distill.teacher import CachedTeacher, FrozenTeacher, load_teacher
 
 __all__ = [
+    "CachedTeacher",
     "DistillationLoss",
     "FrozenTeacher",
     "LossParts",

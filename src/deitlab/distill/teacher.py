@@ -8,6 +8,7 @@ official ``.pth``), timm/torchvision architectures with local weights when those
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -175,4 +176,82 @@ def check_teacher_fits(model: nn.Module, label: str, *, num_classes: int, in_cha
         raise ConfigError(
             f"teacher {label} predicts {logits.shape[-1]} classes but the dataset has {num_classes}; "
             "train or fine-tune a teacher on this data set"
+        )
+
+
+# ---- remembering the teacher's answers ------------------------------------------------------------------------
+class CachedTeacher:
+    """A teacher that answers each distinct input image once.
+
+    When the student's training views are few per image (no random crop, RandAugment, erasing or mixing: only the
+    image and its mirror), the frozen teacher is asked the same question every epoch. This wrapper keys each image
+    of a batch by a 128-bit BLAKE2 digest of its exact bytes, runs the teacher only on the images it has not seen,
+    and returns the remembered logits (float32, as first computed) for the others: over a run of E epochs the teacher
+    then runs on about twice the training set instead of E times it. Inputs of any other kind of augmentation never
+    repeat, so the cache stops growing at ``max_bytes`` (its logits) and the teacher then runs as usual on misses.
+    """
+
+    def __init__(self, teacher: FrozenTeacher, *, max_bytes: int = 2 << 30) -> None:  # 2 GiB of logits
+        self.teacher = teacher
+        self.max_bytes = int(max_bytes)
+        self._rows: dict[bytes, int] = {}  # digest -> row of self._table
+        self._table = torch.empty(0)  # (capacity, K) float32 logits on the CPU, grown by doubling
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def model(self) -> nn.Module:
+        """The wrapped teacher's network."""
+        return self.teacher.model
+
+    def __len__(self) -> int:
+        """How many distinct images' logits are remembered."""
+        return len(self._rows)
+
+    def _digests(self, x: torch.Tensor) -> list[bytes]:
+        rows = x.detach().reshape(x.shape[0], -1).contiguous().cpu().view(torch.uint8).numpy()
+        return [hashlib.blake2b(memoryview(r), digest_size=16).digest() for r in rows]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        keys = self._digests(x)
+        found = [self._rows.get(k) for k in keys]
+        todo = [i for i, row in enumerate(found) if row is None]
+        self.hits += len(keys) - len(todo)
+        self.misses += len(todo)
+        if len(todo) == len(keys):
+            out = self.teacher(x)
+            self._remember(keys, out)
+            return out
+        known = [i for i, row in enumerate(found) if row is not None]
+        remembered = self._table[[found[i] for i in known]].to(x.device)  # (B_known, K)
+        out = remembered.new_empty(len(keys), remembered.shape[1])
+        out[known] = remembered
+        if todo:
+            fresh = self.teacher(x[todo])
+            out[todo] = fresh.to(out.dtype)
+            self._remember([keys[i] for i in todo], fresh)
+        return out
+
+    def _remember(self, keys: list[bytes], logits: torch.Tensor) -> None:
+        """Append the logits of images not seen before to the table (float32 rows), up to ``max_bytes``."""
+        rows = logits.detach().float().cpu()
+        n, k = len(self._rows), rows.shape[1]
+        if (n + len(keys)) * k * 4 > self.max_bytes:
+            return
+        if self._table.shape[0] < n + len(keys):
+            grown = torch.empty(max(2 * self._table.shape[0], n + len(keys), 1024), k)
+            if n:
+                grown[:n] = self._table[:n]
+            self._table = grown
+        for key, row in zip(keys, rows, strict=True):
+            if key not in self._rows:  # the same image twice in one batch (repeated augmentation)
+                self._table[len(self._rows)] = row
+                self._rows[key] = len(self._rows)
+
+    def summary(self) -> str:
+        total = self.hits + self.misses
+        share = 100.0 * self.hits / total if total else 0.0
+        return (
+            f"teacher cache: the teacher ran on {self.misses:,} of {total:,} training images ({share:.0f}% "
+            f"answered from memory; {len(self):,} distinct images remembered)"
         )

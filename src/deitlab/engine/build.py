@@ -30,6 +30,7 @@ from deitlab.engine.builders import (
     eval_batches,
     pin_memory,
     resolve_run_dir,
+    use_teacher_cache,
 )
 from deitlab.engine.callbacks import (
     Checkpointer,
@@ -72,7 +73,8 @@ def build_run(cfg: Config, *, device: torch.device, dist: DistInfo) -> Run:
     model = _build_student(cfg, data, device)
     teacher = build_teacher(cfg, data, device)
     train_aug, eval_aug, mixup = build_augment(cfg, data)
-    criterion = build_criterion(cfg, teacher, mixing=mixup is not None)
+    cache = use_teacher_cache(cfg, train_aug, mixing=mixup is not None, per_image=data.per_image, device=device)
+    criterion = build_criterion(cfg, teacher, mixing=mixup is not None, cache_teacher=cache)
     loader = build_train_loader(cfg, data, rank=dist.rank, world_size=dist.world_size, mixing=mixup is not None)
     eval_set, test_set = _eval_sets(cfg, data, dist)
     optimizer = _build_optimizer(cfg, model)

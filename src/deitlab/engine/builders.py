@@ -30,7 +30,7 @@ from deitlab.data import (
 from deitlab.data.folders import open_folder_splits
 from deitlab.data.loader import StreamLoader, sequential_batches
 from deitlab.distill.losses import DistillationLoss, cross_entropy
-from deitlab.distill.teacher import FrozenTeacher, load_teacher, teacher_input_size
+from deitlab.distill.teacher import CachedTeacher, FrozenTeacher, load_teacher, teacher_input_size
 from deitlab.errors import ConfigError
 from deitlab.io import atomic_write_bytes
 from deitlab.models import create_model, get_model_entry, list_models
@@ -222,17 +222,32 @@ def _teacher_build_size(cfg: Config, data: Data) -> int:
     return data.img_size
 
 
-def build_criterion(cfg: Config, teacher: FrozenTeacher | None, mixing: bool) -> DistillationLoss:
+def build_criterion(
+    cfg: Config, teacher: FrozenTeacher | None, mixing: bool, *, cache_teacher: bool = False
+) -> DistillationLoss:
+    """DeiT's loss for ``cfg``; with ``cache_teacher`` the teacher answers each distinct training image once."""
     smoothing = 0.0 if mixing else cfg.aug.label_smoothing  # with Mixup the smoothing is in the soft targets
 
     def base(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return cross_entropy(logits, targets, label_smoothing=smoothing)
 
     return DistillationLoss(
-        base, teacher,
+        base, CachedTeacher(teacher) if cache_teacher and teacher is not None else teacher,
         distillation_type=cfg.distill.type, alpha=cfg.distill.alpha, tau=cfg.distill.tau,
         reduction=cfg.distill.reduction, teacher_label_smoothing=cfg.distill.teacher_label_smoothing,
     )  # fmt: skip
+
+
+def use_teacher_cache(
+    cfg: Config, train_aug: TrainAugment, *, mixing: bool, per_image: bool, device: torch.device
+) -> bool:
+    """``distill.cache_teacher``: always, never, or (auto) on the CPU when every training image has at most two views
+    (itself and its mirror): a GPU's teacher forward costs less than copying the batch to the host to key it."""
+    if cfg.distill.type == "none" or cfg.distill.cache_teacher == "never":
+        return False
+    if cfg.distill.cache_teacher == "always":
+        return True
+    return device.type == "cpu" and train_aug.few_views and not mixing and not per_image
 
 
 def build_augment(cfg: Config, data: Data) -> tuple[TrainAugment, EvalAugment, Mixup | None]:

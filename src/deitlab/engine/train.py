@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from deitlab.config import Config
+from deitlab.distill.teacher import CachedTeacher
 from deitlab.engine.build import build_run
 from deitlab.engine.builders import build_device
 from deitlab.engine.distributed import cleanup, init_distributed
@@ -95,6 +96,8 @@ def fit(run: Run) -> TrainResult:
             run.callbacks.on_epoch_end(run, state, report.row)
     finally:
         run.callbacks.on_train_end(run, state)
+    if isinstance(run.criterion.teacher, CachedTeacher):
+        log.info("%s", run.criterion.teacher.summary())
     return _report(run, last, teacher, meter, stopped=stopped)
 
 
