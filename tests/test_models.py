@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -281,3 +282,24 @@ def test_drop_path_rates_increase_linearly() -> None:
     rates = [getattr(b.drop_path1, "drop_prob", 0.0) for b in model.blocks]
     assert rates == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
     assert math.isclose(rates[-1], 0.2)
+
+
+@pytest.mark.parametrize("transform_scale", [False, True])
+def test_reattention_map_is_the_official_conv_then_batchnorm(transform_scale: bool) -> None:
+    """Θ applied as a per-image (heads x heads) product equals dvit_repo's 1x1 Conv2d + BatchNorm2d (x scale), in
+    training (batch statistics, running stats updated alike) and in evaluation (running statistics)."""
+    from deitlab.layers.attention import Attention, ReAttention
+
+    torch.manual_seed(0)
+    attn = ReAttention(48, num_heads=4, transform_scale=transform_scale)
+    torch.nn.init.normal_(attn.reatten_matrix.bias)
+    twin = copy.deepcopy(attn)
+    q, k = torch.randn(3, 4, 9, 12), torch.randn(3, 4, 9, 12)  # (B, heads, N, head_dim)
+    for mode in (True, False):
+        attn.train(mode), twin.train(mode)
+        got = attn.attention_map(q, k)
+        maps = Attention.attention_map(twin, q, k)
+        want = twin.var_norm(twin.reatten_matrix(maps)) * twin.reatten_scale
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # float32 sums in another order
+        torch.testing.assert_close(attn.var_norm.running_mean, twin.var_norm.running_mean)
+        torch.testing.assert_close(attn.var_norm.running_var, twin.var_norm.running_var)
