@@ -283,6 +283,8 @@ def bench_case(key: str, args: argparse.Namespace, device: torch.device) -> list
         with torch.inference_mode():
             add_flops(row, C.count_flops(lambda x=x: ours.eval()(x)), bs)
         rows.append(row)
+        if args.compile and bs > 1:
+            rows.append(bench_compiled_infer(ours, theirs, x, args, device, row["gflop_per_step"]))
     x = torch.randn(batch, *case.shape, device=device)
     y = torch.randint(0, ours.num_classes, (batch,), device=device)
 
@@ -364,6 +366,38 @@ def bench_compiled(ours, theirs, x, y, args, device, gflop: float) -> dict[str, 
             "compile_seconds": plan.compile_seconds, "gflop_per_step": gflop, "batch": x.shape[0]}  # fmt: skip
 
 
+def bench_compiled_infer(ours, theirs, x, args, device, gflop: float) -> dict[str, Any]:  # noqa: ANN001
+    """What deitlab runs for a long inference pass (``deitlab eval`` of a test set, ``predict`` of a folder):
+    ``optimize_for(mode="infer")`` with torch.compile, against timm eager and timm compiled, each at its best
+    precision; the compile times are reported beside the ratios."""
+    import time
+
+    model = copy.deepcopy(ours).eval()
+    plan = deitlab.optimize.plan_for(model, x, "infer", threads="keep", compile="always", cache=False)
+    deitlab.optimize.apply_plan(model, plan)
+    print(f"    {plan.summary()}", flush=True)
+    fn, _ = ours_infer(model, x, plan.precision)
+    timm_prec = min(("fp32", "bf16"), key=lambda p: statistics.median(
+        C.interleaved({p: timm_infer(theirs, x, p)}, device, rounds=2, warmup=1)[p]))  # fmt: skip
+    timm_compiled = torch.compile(copy.deepcopy(theirs).eval())
+    t0 = time.perf_counter()
+    timm_compiled_fn = timm_infer(timm_compiled, x, timm_prec)
+    timm_compiled_fn()
+    timm_compile_s = time.perf_counter() - t0
+    fns = {"deitlab": fn, "timm": timm_infer(theirs, x, timm_prec), "timm_compiled": timm_compiled_fn}
+    t = C.interleaved(fns, device, rounds=args.rounds)
+    best = {"deitlab_precision": plan.precision, "timm_precision": timm_prec, "deitlab_s": C.spread(t["deitlab"]),
+            "timm_s": C.spread(t["timm"]), "ratio": C.paired_ratio(t["timm"], t["deitlab"]),
+            "timm_compiled_s": C.spread(t["timm_compiled"]),
+            "ratio_vs_timm_compiled": C.paired_ratio(t["timm_compiled"], t["deitlab"])}  # fmt: skip
+    print(f"  inference b{x.shape[0]}, deitlab compiled: {best['ratio']['median']:.2f}x vs timm eager, "
+          f"{best['ratio_vs_timm_compiled']['median']:.2f}x vs timm compiled (compile {plan.compile_seconds:.0f} s / "
+          f"{timm_compile_s:.0f} s)", flush=True)  # fmt: skip
+    return {"row": f"inference b{x.shape[0]}, deitlab compiled vs timm eager", "precisions": {}, "best": best,
+            "compile_seconds": plan.compile_seconds, "timm_compile_seconds": timm_compile_s,
+            "gflop_per_step": gflop, "batch": x.shape[0]}  # fmt: skip
+
+
 def bench_augmentation(args: argparse.Namespace) -> list[dict[str, Any]]:
     """deitlab's batched pipeline vs timm's per-image create_transform + Mixup (bench_augment.py), CPU, rounds."""
     import bench_augment
@@ -395,7 +429,7 @@ def main() -> None:
     ap.add_argument("--teacher", default="regnety_004", help="RegNetY teacher of the distillation rows")
     ap.add_argument("--no-distill", action="store_true")
     ap.add_argument("--no-augment", action="store_true")
-    ap.add_argument("--compile", action="store_true", help="add deitlab compiled (as for a long run) vs timm eager")
+    ap.add_argument("--compile", action="store_true", help="add deitlab compiled (as for a long run or pass) vs timm")
     ap.add_argument("--aug-batch", type=int, default=256)
     ap.add_argument("--aug-min-time", type=float, default=1.0)
     ap.add_argument("--quick", action="store_true", help="demo student only, 3 rounds, no augmentation")

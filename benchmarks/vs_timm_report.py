@@ -30,6 +30,9 @@ def _model_rows(rows: list[dict[str, Any]], precisions: list[str]) -> list[str]:
             notes.append(f"peak CUDA {m['deitlab']:.0f} / {m['timm']:.0f} MB")
         if row.get("compile_seconds"):
             notes.append(f"compile {row['compile_seconds']:.0f} s")
+        if best.get("ratio_vs_timm_compiled"):
+            notes.append(f"vs timm compiled too: {_r(best['ratio_vs_timm_compiled'])} (its compile "
+                         f"{row['timm_compile_seconds']:.0f} s)")  # fmt: skip
         if row.get("teacher_overhead"):
             o = row["teacher_overhead"]
             notes.append(f"teacher overhead = {_r(o['ratio'])} its forward")
