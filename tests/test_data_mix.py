@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from deitlab.data import Mixup, one_hot_smooth
+from deitlab.data.mix import _swap_pairs_
 from deitlab.errors import ConfigError
 
 
@@ -106,3 +109,13 @@ def test_determinism_and_validation():
             Mixup(**{"num_classes": 5, **kw})
     with pytest.raises(ConfigError, match="float"):
         mix(x.to(torch.uint8), y)
+
+
+@settings(max_examples=25, deadline=None)
+@given(b=st.integers(1, 9), y0=st.integers(0, 3), x0=st.integers(0, 3))
+def test_swapping_pairs_in_a_strided_box_is_the_batch_reversed(b: int, y0: int, x0: int) -> None:
+    x = torch.randn(b, 2, 6, 7)
+    want = x.clone()
+    want[:, :, y0:5, x0:6] = x[:, :, y0:5, x0:6].flip(0)
+    _swap_pairs_(x[:, :, y0:5, x0:6])
+    assert torch.equal(x, want)
