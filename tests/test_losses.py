@@ -68,8 +68,10 @@ def test_soft_distillation_equals_definition(b: int, k: int, tau: float, seed: i
     s, t = torch.randn(b, k, generator=g) * 3, torch.randn(b, k, generator=g) * 3
     deit = soft_distillation(s, t, tau=tau, reduction="deit")
     batchmean = soft_distillation(s, t, tau=tau, reduction="batchmean")
-    torch.testing.assert_close(deit, _kl_by_formula(s, t, tau, b * k), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(batchmean, _kl_by_formula(s, t, tau, b), rtol=1e-4, atol=1e-6)
+    # float32 log-probabilities of size ~1 carry ~1e-7 rounding each; tau² scales it (a KL near 0 is all rounding)
+    atol = 1e-6 + 2e-7 * k * tau**2
+    torch.testing.assert_close(deit, _kl_by_formula(s, t, tau, b * k), rtol=1e-4, atol=atol)
+    torch.testing.assert_close(batchmean, _kl_by_formula(s, t, tau, b), rtol=1e-4, atol=atol)
 
 
 def test_tau_squared_keeps_gradient_scale() -> None:

@@ -286,7 +286,7 @@ def test_drop_path_rates_increase_linearly() -> None:
 
 @pytest.mark.parametrize("transform_scale", [False, True])
 def test_reattention_map_is_the_official_conv_then_batchnorm(transform_scale: bool) -> None:
-    """Θ applied as a per-image (heads x heads) product equals dvit_repo's 1x1 Conv2d + BatchNorm2d (x scale), in
+    """ReAttention.attention_map equals dvit_repo's 1x1 Conv2d + BatchNorm2d (x scale) on the softmax maps, in
     training (batch statistics, running stats updated alike) and in evaluation (running statistics)."""
     from deitlab.layers.attention import Attention, ReAttention
 

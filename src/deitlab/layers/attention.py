@@ -110,14 +110,7 @@ class ReAttention(Attention):
 
     def attention_map(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         attn = super().attention_map(q, k)  # (B, heads, N, N)
-        B, H, N, _ = attn.shape
-        # Θ (the 1x1 conv's weight) as one (heads x heads) @ (heads x N·N) product per image: the same sums as the
-        # conv (equal to float precision, tests/test_models.py), as fast in the training step and simpler to read
-        theta = self.reatten_matrix.weight.view(H, H).to(attn.dtype)
-        mixed = torch.matmul(theta, attn.reshape(B, H, N * N))  # (B, heads, N·N)
-        if self.reatten_matrix.bias is not None:
-            mixed = mixed + self.reatten_matrix.bias.to(mixed.dtype).view(1, H, 1)
-        mixed = self.var_norm(mixed.view(B, H, N, N))  # heads mixed, (B, heads, N, N)
+        mixed = self.var_norm(self.reatten_matrix(attn))  # heads mixed by Θ (a 1x1 conv), (B, heads, N, N)
         return mixed * self.reatten_scale if self.reatten_scale != 1.0 else mixed  # no pass over the maps for x1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
