@@ -35,7 +35,11 @@ def _model_rows(rows: list[dict[str, Any]], precisions: list[str]) -> list[str]:
                          f"{row['timm_compile_seconds']:.0f} s)")  # fmt: skip
         if row.get("teacher_overhead"):
             o = row["teacher_overhead"]
-            notes.append(f"teacher overhead = {_r(o['ratio'])} its forward")
+            note = f"teacher in the step = {_r(o['ratio'])} its forward on the same input"
+            if "ratio_vs_channels_last_input" in o:
+                note += (f", {_r(o['ratio_vs_channels_last_input'])} its forward on a channels-last batch; step "
+                         f"difference {_r(o['step_difference_ratio'])}")  # fmt: skip
+            notes.append(note)
         cells = [row["model"], row["row"], str(row.get("batch", ""))]
         cells += [_r(row["precisions"][p]["ratio"]) if p in row["precisions"] else "" for p in precisions]
         cells += [f"{_r(best['ratio'])} ({best['deitlab_precision']} vs {best['timm_precision']})",
