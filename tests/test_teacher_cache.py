@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import deitlab
 from deitlab.data.augment import TrainAugment
 from deitlab.distill import CachedTeacher, FrozenTeacher
+from deitlab.distill.teacher import ENTRY_OVERHEAD
 from deitlab.engine import train
 from deitlab.engine.builders import use_teacher_cache
 from deitlab.io import save_weights
@@ -75,7 +76,7 @@ def test_a_mirrored_image_is_another_image() -> None:
 
 def test_the_memory_cap_stops_growth_but_not_answers() -> None:
     pool, teacher = _pool(), CountingTeacher()
-    cached = CachedTeacher(teacher, max_bytes=6 * 5 * 4)  # room for six rows of five float32 logits
+    cached = CachedTeacher(teacher, max_bytes=6 * (5 * 4 + ENTRY_OVERHEAD))  # room for six images of 5 logits
     cached(pool[:4])
     cached(pool[4:])  # would make ten: not remembered
     assert len(cached) == 4
