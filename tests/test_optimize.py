@@ -140,6 +140,17 @@ def test_a_short_run_is_not_measured(monkeypatch) -> None:
     assert "too short" in plan.reasons["precision"] and not plan.compile
 
 
+def test_a_short_pass_logs_its_plan_only_at_debug_level(monkeypatch, caplog: pytest.LogCaptureFixture) -> None:
+    """`deitlab predict one.png` measures nothing, so optimize_for says nothing at INFO; a measured plan does."""
+    FakeClock(_cost()).install(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="deitlab.optimize.tune"):
+        deitlab.optimize_for(_model(), torch.randn(8, 1, 28, 28), "infer", expected_steps=1, cache=False)
+        assert "optimize_for" not in caplog.text
+        deitlab.optimize_for(_model(), torch.randn(8, 1, 28, 28), "infer", expected_steps=10_000, cache=False,
+                             compile="never")  # fmt: skip
+        assert "optimize_for(infer, measured)" in caplog.text
+
+
 def test_compile_is_tried_for_long_runs_and_kept_when_it_pays(monkeypatch) -> None:
     FakeClock(_cost()).install(monkeypatch)
     compiled: list[bool] = []

@@ -264,7 +264,8 @@ def optimize_for(
     The decision and the times behind it are logged at INFO level.
     """
     plan = plan_for(model, example_batch, mode, **options)
-    log.info("%s", plan.summary())
+    # a pass too short to measure changes nothing: not worth a line on every `deitlab predict img.png`
+    log.log(logging.DEBUG if plan.source == "short run" else logging.INFO, "%s", plan.summary())
     return apply_plan(model, plan), plan.precision
 
 
