@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import difflib
 from importlib import resources
-from importlib.abc import Traversable
+
+try:  # Python >= 3.11; importlib.abc.Traversable is deprecated there
+    from importlib.resources.abc import Traversable
+except ImportError:  # pragma: no cover - Python 3.10
+    from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any
 
