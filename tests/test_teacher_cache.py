@@ -12,13 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import deitlab
+from deitlab.config import build_config
 from deitlab.data.augment import TrainAugment
 from deitlab.distill import CachedTeacher, FrozenTeacher
 from deitlab.distill.teacher import ENTRY_OVERHEAD
 from deitlab.engine import train
 from deitlab.engine.builders import use_teacher_cache
-from deitlab.io import save_weights
-from test_engine import _cfg
+from deitlab.engine.checkpoint import read_manifest
+from deitlab.io import read_checkpoint, save_weights
+from test_engine import _cfg, copy_run_cut_at
 
 
 class CountingTeacher:
@@ -146,3 +148,25 @@ def test_cached_and_uncached_runs_train_the_same_student(tmp_path: Path, caplog:
     for a, b in zip(results["auto"].history, results["never"].history, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["agreement"] == pytest.approx(b["agreement"], abs=1e-9)
+
+
+def test_resume_with_the_teacher_cache_reproduces_the_uninterrupted_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cache is not saved in checkpoints: a resumed run asks the teacher again for the images it remembered.
+    With hard distillation its argmax labels are the same, so the resumed run ends with identical weights."""
+    path = tmp_path / "teacher.safetensors"
+    torch.manual_seed(0)
+    save_weights(deitlab.create_model("resnet9_w16", in_chans=3, img_size=28, num_classes=10), path)
+    full = _cfg(tmp_path, "distill.type=hard", f"teacher.path={path}", "train.precision=fp32", "aug.mixup=0",
+                "aug.cutmix=0", "train.checkpoint_every_steps=3", "train.keep_last=20", name="full")  # fmt: skip
+    with caplog.at_level("INFO", logger="deitlab.engine.train"):
+        train(full)
+    assert "teacher cache: the teacher ran on" in caplog.text  # the cache was on
+    cut = next(e for e in read_manifest(tmp_path / "full") if e.step % 8 != 0 and e.step > 8)  # inside epoch 2
+    copy_run_cut_at(tmp_path / "full", tmp_path / "part", cut.step)
+    train(build_config(overrides=[f"train.resume={tmp_path / 'part'}", "train.epochs=2", "train.progress=false"]))
+    final = read_checkpoint(tmp_path / "full" / "model.safetensors")[0]
+    again = read_checkpoint(tmp_path / "part" / "model.safetensors")[0]
+    for k in final:
+        assert torch.equal(final[k], again[k]), k
