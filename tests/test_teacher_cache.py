@@ -141,6 +141,9 @@ def test_cached_and_uncached_runs_train_the_same_student(tmp_path: Path, caplog:
         summaries[mode] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("teacher cache:")]
         caplog.clear()
     assert summaries["never"] == []
+    reused = [row["teacher_cache_reused"] for row in results["auto"].history]
+    assert "teacher_cache_reused" not in results["never"].history[0]
+    assert reused[0] == 0.0 and reused[0] < reused[1] < reused[2] < 100.0  # flips: more views seen each epoch
     # 3 epochs of 256 images, flips at p=0.5: at most 512 distinct views among the 768 the student saw
     ran, total = re.search(r"ran on ([\d,]+) of ([\d,]+)", summaries["auto"][0]).groups()  # type: ignore[union-attr]
     assert int(total.replace(",", "")) == 768

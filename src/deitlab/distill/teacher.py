@@ -204,6 +204,7 @@ class CachedTeacher:
         self._table = torch.empty(0)  # (capacity, K) float32 logits on the CPU, grown by doubling
         self.hits = 0
         self.misses = 0
+        self._marked = (0, 0)  # (hits, misses) at the last reused_since_last_call
 
     @property
     def model(self) -> nn.Module:
@@ -253,6 +254,12 @@ class CachedTeacher:
             if key not in self._rows:  # the same image twice in one batch (repeated augmentation)
                 self._table[len(self._rows)] = row
                 self._rows[key] = len(self._rows)
+
+    def reused_since_last_call(self) -> float | None:
+        """Percent of the images asked about since the previous call answered from memory (None: none asked)."""
+        hits, misses = self.hits - self._marked[0], self.misses - self._marked[1]
+        self._marked = (self.hits, self.misses)
+        return 100.0 * hits / (hits + misses) if hits + misses else None
 
     def summary(self) -> str:
         total = self.hits + self.misses

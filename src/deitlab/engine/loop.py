@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from deitlab.distill.losses import LossParts
+from deitlab.distill.teacher import CachedTeacher
 from deitlab.engine.distributed import broadcast_flag, sum_across
 from deitlab.engine.evaluate import EvalCounts, autocast, evaluate, summarize
 from deitlab.engine.optim import set_lr
@@ -193,6 +194,10 @@ def end_of_epoch(run: Run, state: TrainState, stats: EpochStats, teacher: Teache
     }  # fmt: skip
     if run.teacher is not None:  # the same on every rank: the collective inside is safe
         row.update(teacher_disagree_row(state, run))
+    if isinstance(run.criterion.teacher, CachedTeacher):  # this process's share of answers from memory
+        reused = run.criterion.teacher.reused_since_last_call()
+        if reused is not None:
+            row["teacher_cache_reused"] = reused
     report = EpochReport(row)
     if (state.epoch + 1) % run.settings.eval_every == 0 or state.epoch + 1 == run.settings.epochs:
         report.counts, report.metrics = evaluate_model(run, run.model, run.eval_batches, "", teacher)
