@@ -9,11 +9,14 @@ are tiny and one backend means one transport to configure on a cluster.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,14 @@ def sum_across(values: list[float], info: DistInfo) -> list[float]:
     return t.tolist()
 
 
-def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+def cleanup(info: DistInfo, *, finished: bool = True) -> None:
+    """Leave the process group. After a finished run every rank first waits at a barrier, so that no rank tears
+    its connections down while a peer still talks to it (gloo then aborted the late rank's process at exit)."""
+    if not (info.enabled and dist.is_initialized()):
+        return
+    if finished:
+        try:
+            dist.barrier()
+        except RuntimeError as err:  # a peer already gone: nothing left to wait for
+            log.debug("barrier before leaving the process group failed: %s", err)
+    dist.destroy_process_group()

@@ -67,10 +67,13 @@ def train(cfg: Config) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data``, distilling from ``cfg.teacher`` when ``cfg.distill.type`` is set."""
     device = build_device(cfg)
     dist = init_distributed(device.type)
+    finished = False
     try:
-        return fit(build_run(cfg, device=device, dist=dist))
+        result = fit(build_run(cfg, device=device, dist=dist))
+        finished = True
+        return result
     finally:
-        cleanup(dist)
+        cleanup(dist, finished=finished)
 
 
 def fit(run: Run) -> TrainResult:
