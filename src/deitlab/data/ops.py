@@ -105,6 +105,79 @@ def affine_grid(theta: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
     return grid
 
 
+PIL_CUBIC_A = -1.0  # the cubic of PIL's Image.transform (Geometry.c: p1 + d (p2 + d (p3 + d p4))); grid_sample: -0.75
+_TAPS = {"bilinear": (0, 1), "bicubic": (-1, 0, 1, 2)}
+
+
+def _tap_weights(frac: torch.Tensor, interpolation: str) -> list[torch.Tensor]:
+    """The 1-D resampling weights of the taps :data:`_TAPS` at fractional offset ``frac`` in [0, 1)."""
+    if interpolation == "bilinear":
+        return [1 - frac, frac]
+    a, out = PIL_CUBIC_A, []
+    for t in _TAPS["bicubic"]:
+        d = (frac - t).abs()
+        near = ((a + 2) * d - (a + 3)) * d * d + 1  # |d| <= 1
+        far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a  # 1 < |d| < 2
+        out.append(torch.where(d <= 1, near, far))
+    return out
+
+
+def shift_lines(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    dim: int,
+    *,
+    interpolation: str = "bilinear",
+    fill: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Resample every line of a batch along one axis by its own offset: a translation or a shear.
+
+    ``dim`` is the axis the pixels move along (3: horizontal, 2: vertical); ``shift`` ``(B, L)`` gives each line
+    across it (``L`` = H for ``dim=3``, W for ``dim=2``) its source offset in pixels: output pixel ``p`` of a line
+    reads the input at ``p + shift``. One gather of each line's integer-shifted window and 2 (bilinear) or 4
+    (bicubic, PIL's a = -0.5) weighted slices of it -- the work of a 1-D filter instead of ``grid_sample``'s 2-D
+    one. Edges as :func:`warp_affine`: neighbours clamped to the border, ``fill`` where the source point lies
+    outside the image. uint8 in, uint8 out, truncated as PIL's ``Image.transform`` does.
+    """
+    if dim not in (2, 3) or interpolation not in _TAPS:
+        raise ConfigError(
+            f"shift_lines: dim={dim}, interpolation={interpolation!r}; use dim 2 or 3 and bilinear or bicubic"
+        )
+    b, c = x.shape[:2]
+    n = x.shape[dim]  # pixels along the axis
+    if out is None:
+        out = torch.empty_like(x)
+    shift = shift.to(device=x.device, dtype=torch.float32)
+    taps = _TAPS[interpolation]
+    f = None if fill is None else fill.to(device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+    span = torch.arange(n + len(taps) - 1, device=x.device)  # window positions
+    pos = torch.arange(n, device=x.device, dtype=torch.float32)
+    for sl in chunks(b, x.device, x[0].numel()):
+        fl = torch.floor(shift[sl])  # (k, L)
+        weights = _tap_weights(shift[sl] - fl, interpolation)  # each (k, L)
+        # index of window position j in line l: clamp(j + floor(shift) + first tap), laid out like the batch
+        if dim == 3:
+            idx = (span.view(1, 1, -1) + fl.long().unsqueeze(-1) + taps[0]).clamp_(0, n - 1)  # (k, H, n+t-1)
+            idx, view = idx.unsqueeze(1).expand(-1, c, -1, -1), (lambda t: t.unsqueeze(1).unsqueeze(-1))
+            src = pos.view(1, 1, -1) + shift[sl].unsqueeze(-1)  # (k, H, W)
+        else:
+            idx = (span.view(1, -1, 1) + fl.long().unsqueeze(1) + taps[0]).clamp_(0, n - 1)  # (k, n+t-1, W)
+            idx, view = idx.unsqueeze(1).expand(-1, c, -1, -1), (lambda t: t.unsqueeze(1).unsqueeze(1))
+            src = pos.view(1, -1, 1) + shift[sl].unsqueeze(1)  # (k, H, W)
+        window = torch.gather(x[sl], dim, idx).float()
+        y = None
+        for t, wt in enumerate(weights):
+            part = window.narrow(dim, t, n)
+            y = part * view(wt) if y is None else y.addcmul_(part, view(wt))
+        if f is not None:
+            y = torch.where(((src > -0.5) & (src < n - 0.5)).unsqueeze(1), y, f)
+        if x.dtype == torch.uint8:
+            y = y.add_(FLOOR_EPSILON).clamp_(0, 255)  # the uint8 copy below truncates, as PIL does
+        out[sl] = y
+    return out
+
+
 def warp_affine(
     x: torch.Tensor,
     theta: torch.Tensor,

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-from deitlab.data.ops import chunks, warp_affine
+from deitlab.data.ops import chunks, shift_lines, warp_affine
 
 LEVEL_DENOM = 10.0  # magnitudes are in units of 1/10 of the strongest setting (timm's _LEVEL_DENOM)
 # timm's level -> argument maps at full magnitude (m = LEVEL_DENOM); see the module docstring's table.
@@ -236,7 +236,43 @@ def rotate_matrix(degrees: torch.Tensor, height: int, width: int) -> torch.Tenso
 def warp_pil_affine(
     x: torch.Tensor, matrix: torch.Tensor, fill: torch.Tensor, interpolation: str, out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Warp with PIL affine data ``matrix`` ``(k, 2, 3)`` mapping output pixel coordinates to input ones."""
+    """Warp with PIL affine data ``matrix`` ``(k, 2, 3)`` mapping output pixel coordinates to input ones.
+
+    Rows whose map moves pixels along one axis only (translations and shears: 4 of RandAugment's 5 geometric ops)
+    take :func:`~deitlab.data.ops.shift_lines`, a 1-D filter; the rest (rotations) one ``grid_sample``.
+    """
+    out = torch.empty_like(x) if out is None else out
+    a, b, c = matrix[:, 0, 0], matrix[:, 0, 1], matrix[:, 0, 2]
+    d, e, f = matrix[:, 1, 0], matrix[:, 1, 1], matrix[:, 1, 2]
+    unit = (a == 1) & (e == 1)
+    along_x = unit & (d == 0) & (f == 0)  # x_in = x + b (y + 1/2) + c, y_in = y
+    along_y = unit & (b == 0) & (c == 0) & ~along_x  # y_in = y + d (x + 1/2) + f, x_in = x
+    if interpolation == "nearest":  # keep grid_sample's rounding of the source point
+        along_x, along_y = torch.zeros_like(along_x), torch.zeros_like(along_y)
+    k, _, h, w = x.shape
+    for rows, dim in ((along_x, 3), (along_y, 2), (~(along_x | along_y), 0)):
+        ids = rows.nonzero().squeeze(1)
+        if len(ids) == 0:
+            continue
+        whole = len(ids) == k
+        part = x if whole else x.index_select(0, ids.to(x.device))
+        if dim == 3:
+            shift = b[ids, None] * (torch.arange(h) + 0.5) + c[ids, None]  # (n, H)
+            done = shift_lines(part, shift, 3, interpolation=interpolation, fill=fill, out=out if whole else None)
+        elif dim == 2:
+            shift = d[ids, None] * (torch.arange(w) + 0.5) + f[ids, None]  # (n, W)
+            done = shift_lines(part, shift, 2, interpolation=interpolation, fill=fill, out=out if whole else None)
+        else:
+            done = _grid_warp(part, matrix[ids], fill, interpolation, out if whole else None)
+        if not whole:
+            out.index_copy_(0, ids.to(x.device), done)
+    return out
+
+
+def _grid_warp(
+    x: torch.Tensor, matrix: torch.Tensor, fill: torch.Tensor, interpolation: str, out: torch.Tensor | None
+) -> torch.Tensor:
+    """Any PIL affine map through ``grid_sample`` (the pixel-space map converted to normalised coordinates)."""
     k, _, h, w = x.shape
     # Pixel coords p = (n + 1) * size / 2 for normalised n; convert the pixel-space map to normalised space.
     a, b, c = matrix[:, 0, 0], matrix[:, 0, 1], matrix[:, 0, 2]
