@@ -7,11 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from deitlab.data import EvalAugment, TrainAugment, eval_transform, normalize, random_erasing, random_resized_crop_flip
 from deitlab.data.augment import rrc_params
-from deitlab.data.ops import affine_grid
+from deitlab.data.ops import affine_grid, resize_crops
 from deitlab.errors import ConfigError
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -143,3 +144,34 @@ def test_eval_augment_and_options_validated():
         with pytest.raises(ConfigError):
             TrainAugment(img_size=8, mean=MEAN, std=STD, **kw)
     assert math.isclose(TrainAugment(img_size=8, mean=MEAN, std=STD).rand_augment.fill[0], round(255 * MEAN[0]))
+
+
+@pytest.mark.parametrize("chans", [3, 1])
+def test_crop_resizes_shared_by_threads_equal_one_call_per_crop(chans: int) -> None:
+    x = torch.randint(0, 256, (9, chans, 40, 36), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    boxes = [(i, 2 * i, 20 + i, 30 - i, i % 2 == 0) for i in range(9)]
+    ref = torch.stack([
+        (lambda r: r.flip(-1) if fl else r)(
+            F.interpolate(x[i : i + 1, :, t : t + h, lft : lft + w], size=(24, 24), mode="bicubic", antialias=True)[0])
+        for i, (t, lft, h, w, fl) in enumerate(boxes)
+    ])  # fmt: skip
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            assert torch.equal(resize_crops(x, boxes, (24, 24), "bicubic"), ref), threads
+            assert torch.get_num_threads() == threads  # the caller's setting survives the crop threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_crop_threads_work_in_a_forked_child() -> None:
+    import multiprocessing as mp
+
+    x = torch.randint(0, 256, (4, 3, 30, 30), dtype=torch.uint8)
+    boxes = [(0, 0, 30, 30, False)] * 4
+    torch.set_num_threads(2)
+    want = resize_crops(x, boxes, (16, 16), "bilinear")  # starts the parent's pool
+    with mp.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(resize_crops, (x, boxes, (16, 16), "bilinear")).get(timeout=60)
+    assert torch.equal(got, want)

@@ -27,6 +27,7 @@ from deitlab.data.ops import (
     chunks,
     rand,
     randint_inclusive,
+    resize_crops,
     to_pair,
     warp_affine,
 )
@@ -123,15 +124,8 @@ def random_resized_crop_flip(
         big = out_h * out_w >= RESIZE_BACKEND_MIN_AREA
         backend = "resize" if x.device.type == "cpu" and x.dtype == torch.uint8 and big else "grid"
     if backend == "resize":
-        out = torch.empty(b, c, out_h, out_w, dtype=x.dtype, device=x.device)
-        aa = {"antialias": True} if interpolation != "nearest" else {}
-        boxes = zip(top.tolist(), left.tolist(), h.tolist(), w.tolist(), flip.tolist())
-        for i, (t, lft, hh, ww, fl) in enumerate(boxes):
-            res = F.interpolate(
-                x[i : i + 1, :, t : t + hh, lft : lft + ww], size=(out_h, out_w), mode=interpolation, **aa
-            )
-            out[i] = res[0].flip(-1) if fl else res[0]
-        return out
+        boxes = list(zip(top.tolist(), left.tolist(), h.tolist(), w.tolist(), flip.tolist()))
+        return resize_crops(x, boxes, (out_h, out_w), interpolation)
     sx = w.float() / width
     sx = torch.where(flip, -sx, sx)  # a mirrored x axis = horizontal flip of the crop
     theta = torch.zeros(b, 2, 3)

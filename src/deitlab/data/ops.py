@@ -8,7 +8,9 @@ to the batch's device; the pixel work runs on the batch's device. ``augment.py``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,8 @@ SEED_BOUND = 2**62
 # Added before a uint8 warp result is truncated with ``rounding="floor"``: absorbs float32 grid error (an identity
 # warp must give back 128, not 127.99998) while staying far below one grey level.
 FLOOR_EPSILON = 1e-3
+
+MAX_CROP_THREADS = 8  # Python threads that share a batch's per-crop resizes (at most torch.get_num_threads())
 
 
 def as_generator(generator: torch.Generator | int | None) -> torch.Generator:
@@ -216,3 +220,56 @@ def warp_affine(
                 y = y.add_(FLOOR_EPSILON) if interpolation == "bilinear" else y.add_(FLOOR_EPSILON).clamp_(0, 255)
         out[sl] = y
     return out
+
+
+def resize_crops(
+    x: torch.Tensor, boxes: list[tuple[int, int, int, int, bool]], size: tuple[int, int], interpolation: str
+) -> torch.Tensor:
+    """One antialiased ``F.interpolate`` per crop ``(top, left, h, w, flip)`` of ``x`` -> ``(B, C, *size)``.
+
+    On the CPU each crop is made channels-last first (torch's uint8 resampling kernels are vectorised over RGB(A)
+    pixels) and the crops are shared among up to ``torch.get_num_threads()`` Python threads that each run torch
+    single-threaded: a 224 px resize is too small to split across cores, and the per-call overhead dominates.
+    Results do not depend on the threads (each crop is one independent call).
+    """
+    out = torch.empty(x.shape[0], x.shape[1], *size, dtype=x.dtype, device=x.device)
+    aa = {"antialias": True} if interpolation != "nearest" else {}
+    channels_last = x.device.type == "cpu" and x.shape[1] in (3, 4)
+
+    def one(i: int) -> None:
+        t, lft, hh, ww, fl = boxes[i]
+        crop = x[i : i + 1, :, t : t + hh, lft : lft + ww]
+        if channels_last:
+            crop = crop.contiguous(memory_format=torch.channels_last)
+        res = F.interpolate(crop, size=size, mode=interpolation, **aa)[0]
+        out[i] = res.flip(-1) if fl else res
+
+    threads = min(torch.get_num_threads(), len(boxes), MAX_CROP_THREADS) if x.device.type == "cpu" else 1
+    if threads < 2:
+        for i in range(len(boxes)):
+            one(i)
+        return out
+
+    def share(k: int) -> None:
+        torch.set_num_threads(1)  # this Python thread's torch work runs on its own core
+        for i in range(k, len(boxes), threads):
+            one(i)
+
+    main_threads = torch.get_num_threads()
+    try:
+        list(_crop_pool().map(share, range(threads)))
+    finally:
+        torch.set_num_threads(main_threads)
+    return out
+
+
+_CROP_POOL: dict[int, ThreadPoolExecutor] = {}  # by process id: a forked child (loader worker) starts its own
+
+
+def _crop_pool() -> ThreadPoolExecutor:
+    """The process's crop threads, started on first use."""
+    pid = os.getpid()
+    if pid not in _CROP_POOL:
+        _CROP_POOL.clear()
+        _CROP_POOL[pid] = ThreadPoolExecutor(MAX_CROP_THREADS, thread_name_prefix="deitlab-crops")
+    return _CROP_POOL[pid]
