@@ -38,6 +38,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from deitlab.data import Mixup, TrainAugment
 from deitlab.data.randaugment import RAND_TRANSFORMS
+from deitlab.optimize import retain_freed_memory
 
 RA = "rand-m9-mstd0.5-inc1"
 RESULTS = Path(__file__).parent / "results" / "bench_augment.json"
@@ -253,8 +254,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for the per-image baseline (0: skip)")
     ap.add_argument("--no-timm", action="store_true", help="use the compact PIL baseline even if timm is installed")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--system-malloc", action="store_true", help="leave glibc's allocator settings as they are")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if not args.system_malloc:
+        retain_freed_memory()  # what deitlab's training process runs with (optimize.plan_for on the CPU)
     random.seed(0)
     np.random.seed(0)
     try:

@@ -439,6 +439,7 @@ def bench_augmentation(args: argparse.Namespace) -> list[dict[str, Any]]:
     """deitlab's batched pipeline vs timm's per-image create_transform + Mixup (bench_augment.py), CPU, rounds."""
     import bench_augment
 
+    deitlab.optimize.retain_freed_memory()  # the process setting deitlab's training applies (plan_for on the CPU)
     rows = []
     for size, src, chans in ((224, 256, 3), (28, 28, 1)):
         per_round: dict[str, list[float]] = {}
@@ -482,8 +483,8 @@ def main() -> None:
     meta = C.metadata(device, timm=timm.__version__, rounds=args.rounds, teacher=args.teacher)
     peaks = {p: C.matmul_peak(p, device) for p in C.precisions_for(device)}
     rows = []
-    for key in args.models.split(","):
-        rows += bench_case(key.strip(), args, device)
+    for key in filter(None, (k.strip() for k in args.models.split(","))):  # --models "": augmentation only
+        rows += bench_case(key, args, device)
     if not args.no_augment:
         rows += bench_augmentation(args)
     end_peaks = {p: C.matmul_peak(p, device) for p in peaks}
