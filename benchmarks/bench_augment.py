@@ -9,7 +9,8 @@ erasing 0.25 (pixel mode), Mixup 0.8 / CutMix 1.0 with label smoothing 0.1.
 * ``timm per-image``: timm's ``create_transform(..., auto_augment='rand-m9-mstd0.5-inc1', re_prob=0.25)`` on PIL
   images in one process with one torch thread, then ``torch.stack`` and timm's ``Mixup`` -- what DeiT runs
   inside each loader worker.
-* ``timm per-image x2 workers``: the same in a ``DataLoader`` with 2 worker processes (this machine's cores).
+* ``timm per-image x2 workers``: the same in a ``DataLoader`` with 2 worker processes (this machine's cores), each
+  making one batch of half the images per pass, so both are busy (as DeiT's loader workers are).
 * Without timm, ``PIL per-image``: a compact PIL implementation of the same ops in this file.
 
 The ratio column is img/s relative to the per-image pipeline in one process.
@@ -232,13 +233,16 @@ def bench_size(
         tf, name, tmix = MiniPIL(size, mean, std), "PIL per-image", lambda a, b: mini_mixup(a, b, k)
     row(f"{name} (1 process)", lambda: tmix(torch.stack([tf(im) for im in pil]), y), 3)
     if workers > 1:
+        # one batch per worker per pass (batch n // workers), so every worker is busy, as in DeiT's training
+        per = n // workers
         dl = torch.utils.data.DataLoader(
-            _PILSet(pil, tf), batch_size=n, num_workers=workers, persistent_workers=True, multiprocessing_context="fork"
-        )
+            _PILSet(pil[: per * workers], tf), batch_size=per, num_workers=workers, persistent_workers=True,
+            multiprocessing_context="fork",
+        )  # fmt: skip
 
         def loader():
-            for xb, _ in dl:
-                tmix(xb, y[: len(xb)])
+            for j, (xb, _) in enumerate(dl):
+                tmix(xb, y[j * per : (j + 1) * per])
 
         row(f"{name} ({workers} workers)", loader, 3)
     base = rows[-2 if workers > 1 else -1]["img_per_s"]

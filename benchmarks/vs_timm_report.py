@@ -64,7 +64,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "Ratios are timm's median time / deitlab's (> 1: deitlab faster), with the min-max of the per-round ratios. "
         "Same weights on both sides; eager on both sides.",
         "",
-        *_model_rows(rows, precisions),
+        *(_model_rows(rows, precisions) if any("precisions" in r for r in rows) else []),
     ]
     aug = [r for r in rows if "precisions" not in r]
     if aug:
