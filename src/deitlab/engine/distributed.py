@@ -9,6 +9,7 @@ are tiny and one backend means one transport to configure on a cluster.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -120,9 +121,10 @@ def sum_across(values: list[float], info: DistInfo) -> list[float]:
 
 def cleanup(info: DistInfo, *, finished: bool = True) -> None:
     """Leave the process group. After a finished run every rank first waits at a barrier, so that no rank tears
-    its connections down while a peer still talks to it (gloo then aborted the late rank's process at exit)."""
+    its connections down while a peer still talks to it (CI once saw gloo abort the late rank's process at exit)."""
     if not (info.enabled and dist.is_initialized()):
         return
+    gc.collect()  # release the run's DDP reducer (it holds the group) now, not during interpreter shutdown
     if finished:
         try:
             dist.barrier()
