@@ -73,6 +73,10 @@ def test_a_mixed_batch_equals_each_row_alone() -> None:
         inplace = x.clone()
         assert warp_pil_affine(inplace, matrices, colour, interp, out=inplace) is inplace
         assert torch.equal(inplace, both), interp
+        grouped = [0, 3, 4, 2, 5, 1]  # each kind's rows in one run, as RandAugment sorts them (views, in place)
+        inplace = x[grouped].clone()
+        warp_pil_affine(inplace, matrices[grouped], colour, interp, out=inplace)
+        assert torch.equal(inplace, both[grouped]), interp
     assert torch.equal(both[4], x[4])
     # every row against PIL's transform (the 1-D rows also at the edges, where grid_sample's float grid was off)
     lines = warp_pil_affine(x, matrices, colour, "bilinear").int()

@@ -140,7 +140,7 @@ def shift_lines(
     ``dim`` is the axis the pixels move along (3: horizontal, 2: vertical); ``shift`` ``(B, L)`` gives each line
     across it (``L`` = H for ``dim=3``, W for ``dim=2``) its source offset in pixels: output pixel ``p`` of a line
     reads the input at ``p + shift``. One gather of each line's integer-shifted window and 2 (bilinear) or 4
-    (bicubic, PIL's a = -0.5) weighted slices of it -- the work of a 1-D filter instead of ``grid_sample``'s 2-D
+    (bicubic, PIL's a = -1) weighted slices of it -- the work of a 1-D filter instead of ``grid_sample``'s 2-D
     one. Edges as :func:`warp_affine`: neighbours clamped to the border, ``fill`` where the source point lies
     outside the image. uint8 in, uint8 out, truncated as PIL's ``Image.transform`` does.
     """

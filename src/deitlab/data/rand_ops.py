@@ -249,22 +249,23 @@ def warp_pil_affine(
     along_y = unit & (b == 0) & (c == 0) & ~along_x  # y_in = y + d (x + 1/2) + f, x_in = x
     if interpolation == "nearest":  # keep grid_sample's rounding of the source point
         along_x, along_y = torch.zeros_like(along_x), torch.zeros_like(along_y)
-    k, _, h, w = x.shape
+    h, w = x.shape[-2:]
     for rows, dim in ((along_x, 3), (along_y, 2), (~(along_x | along_y), 0)):
         ids = rows.nonzero().squeeze(1)
         if len(ids) == 0:
             continue
-        whole = len(ids) == k
-        part = x if whole else x.index_select(0, ids.to(x.device))
+        lo, hi = int(ids[0]), int(ids[-1]) + 1
+        span = hi - lo == len(ids)  # one run of rows (RandAugment sorts its rows by op): views, no copies
+        part, dest = (x[lo:hi], out[lo:hi]) if span else (x.index_select(0, ids.to(x.device)), None)
         if dim == 3:
             shift = b[ids, None] * (torch.arange(h) + 0.5) + c[ids, None]  # (n, H)
-            done = shift_lines(part, shift, 3, interpolation=interpolation, fill=fill, out=out if whole else None)
+            done = shift_lines(part, shift, 3, interpolation=interpolation, fill=fill, out=dest)
         elif dim == 2:
             shift = d[ids, None] * (torch.arange(w) + 0.5) + f[ids, None]  # (n, W)
-            done = shift_lines(part, shift, 2, interpolation=interpolation, fill=fill, out=out if whole else None)
+            done = shift_lines(part, shift, 2, interpolation=interpolation, fill=fill, out=dest)
         else:
-            done = _grid_warp(part, matrix[ids], fill, interpolation, out if whole else None)
-        if not whole:
+            done = _grid_warp(part, matrix[ids], fill, interpolation, dest)
+        if not span:
             out.index_copy_(0, ids.to(x.device), done)
     return out
 
@@ -373,9 +374,10 @@ OPS: dict[str, RandOp] = {
     "Sharpness": RandOp("blend", sharpness, enhance_level),
     "SharpnessIncreasing": RandOp("blend", sharpness, enhance_increasing_level),
     "Rotate": RandOp("geometric", rotate_matrix, rotate_level),
+    # the ops that move pixels along x, then along y: RandAugment's rows of each axis form one run (warp_pil_affine)
     "ShearX": RandOp("geometric", shear_x_matrix, shear_level),
-    "ShearY": RandOp("geometric", shear_y_matrix, shear_level),
     "TranslateXRel": RandOp("geometric", translate_x_matrix, translate_level),
+    "ShearY": RandOp("geometric", shear_y_matrix, shear_level),
     "TranslateYRel": RandOp("geometric", translate_y_matrix, translate_level),
 }
 ALL_OPS = tuple(OPS)

@@ -269,7 +269,8 @@ class RandAugment:
         """One layer's applied rows sorted by (kind, op index), and per kind the ``_Segment`` of each used op."""
         ops = [OPS[name] for name in self.ops]
         n = len(ops)
-        by_kind = sorted(range(n), key=lambda k: (KINDS.index(ops[k].kind), k))  # op indices in row order
+        # op indices in row order: by kind, then in ALL_OPS' order (which keeps each axis' shifts together)
+        by_kind = sorted(range(n), key=lambda k: (KINDS.index(ops[k].kind), ALL_OPS.index(self.ops[k]), k))
         rank = torch.empty(n, dtype=torch.long)
         rank[by_kind] = torch.arange(n)
         key = torch.where(apply, rank[choice], n)  # n = not applied: sorts last
