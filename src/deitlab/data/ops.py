@@ -158,23 +158,21 @@ def shift_lines(
     span = torch.arange(n + len(taps) - 1, device=x.device)  # window positions
     pos = torch.arange(n, device=x.device, dtype=torch.float32)
     for sl in chunks(b, x.device, x[0].numel()):
+        k = sl.stop - sl.start
+        # per-line values broadcast against (k, H, W): lines are rows (dim 3) or columns (dim 2)
+        lines = (k, -1, 1) if dim == 3 else (k, 1, -1)
+        along = (1, 1, -1) if dim == 3 else (1, -1, 1)
         fl = torch.floor(shift[sl])  # (k, L)
         weights = _tap_weights(shift[sl] - fl, interpolation)  # each (k, L)
-        # index of window position j in line l: clamp(j + floor(shift) + first tap), laid out like the batch
-        if dim == 3:
-            idx = (span.view(1, 1, -1) + fl.long().unsqueeze(-1) + taps[0]).clamp_(0, n - 1)  # (k, H, n+t-1)
-            idx, view = idx.unsqueeze(1).expand(-1, c, -1, -1), (lambda t: t.unsqueeze(1).unsqueeze(-1))
-            src = pos.view(1, 1, -1) + shift[sl].unsqueeze(-1)  # (k, H, W)
-        else:
-            idx = (span.view(1, -1, 1) + fl.long().unsqueeze(1) + taps[0]).clamp_(0, n - 1)  # (k, n+t-1, W)
-            idx, view = idx.unsqueeze(1).expand(-1, c, -1, -1), (lambda t: t.unsqueeze(1).unsqueeze(1))
-            src = pos.view(1, -1, 1) + shift[sl].unsqueeze(1)  # (k, H, W)
-        window = torch.gather(x[sl], dim, idx).float()
+        # index of window position j in line l: clamp(j + floor(shift) + first tap)
+        idx = (span.view(along) + fl.long().view(lines) + taps[0]).clamp_(0, n - 1)  # (k, H or n+t-1, W or n+t-1)
+        window = torch.gather(x[sl], dim, idx.unsqueeze(1).expand(-1, c, -1, -1)).float()
         y = None
         for t, wt in enumerate(weights):
-            part = window.narrow(dim, t, n)
-            y = part * view(wt) if y is None else y.addcmul_(part, view(wt))
+            part, wt = window.narrow(dim, t, n), wt.view(lines).unsqueeze(1)
+            y = part * wt if y is None else y.addcmul_(part, wt)
         if f is not None:
+            src = pos.view(along) + shift[sl].view(lines)  # (k, H, W): where each output pixel reads
             y = torch.where(((src > -0.5) & (src < n - 0.5)).unsqueeze(1), y, f)
         if x.dtype == torch.uint8:
             y = y.add_(FLOOR_EPSILON).clamp_(0, 255)  # the uint8 copy below truncates, as PIL does
