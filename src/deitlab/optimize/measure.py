@@ -9,6 +9,7 @@ is not.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -17,6 +18,8 @@ import torch
 from torch import nn
 
 from deitlab.layers.attention import Attention, ReAttention
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MIN_ROUNDS = 3
@@ -156,7 +159,7 @@ class StepTimer:
 
     def compile(self, s: Setting) -> float:
         """Compile the model in place for this mode (:func:`compile_in_mode`); the seconds of its first step."""
-        compile_in_mode(self.model, self.mode)
+        compile_in_mode(self.model, self.mode, fall_back=False)  # a failure is the caller's to handle
         self.compiled_impl = self.model._compiled_call_impl
         return self.timed(s.but(compiled=True))
 
@@ -165,17 +168,39 @@ class StepTimer:
         self.compiled_impl = None
 
 
-def compile_in_mode(model: nn.Module, mode: str) -> None:
+def compile_error(exc: BaseException) -> str:
+    """A torch.compile failure in one line: its type and the first line of its message."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:300]
+
+
+def compile_in_mode(model: nn.Module, mode: str, *, fall_back: bool = True) -> None:
     """``torch.compile`` the model's ``__call__`` in place for one mode: a training plan compiles the training
     graph and leaves evaluation eager, an inference plan the reverse. Evaluation then costs no second compile
     (23 of the 73 s of a cold compile of the demo student on 2 Zen 4 cores) and no recompile for a last, smaller
-    batch; the state dict keeps its keys (no ``_orig_mod.`` wrapper)."""
+    batch; the state dict keeps its keys (no ``_orig_mod.`` wrapper).
+
+    With ``fall_back``, a first compiled call that fails (no C++ compiler on this machine, an operation the
+    compiler cannot handle) is run eager instead: if the eager call works, the failure was the compiler's, it is
+    logged once and the model stays eager; if the eager call fails too, that (the model's own) error is raised."""
     compiled = torch.compile(model._call_impl)
     training = mode == "train"
+    worked = False  # after one compiled call has returned, its errors are the model's
 
     def call(*args: object, **kwargs: object) -> object:
-        if model.training == training:
+        nonlocal worked
+        if model.training != training:
+            return model._call_impl(*args, **kwargs)
+        if worked or not fall_back:
             return compiled(*args, **kwargs)
-        return model._call_impl(*args, **kwargs)
+        try:
+            out = compiled(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the eager call below tells the compiler's failure from the model's
+            out = model._call_impl(*args, **kwargs)
+            log.warning("torch.compile failed here (%s): the model runs eager", compile_error(exc))
+            model._compiled_call_impl = None
+            return out
+        worked = True
+        return out
 
     model._compiled_call_impl = call

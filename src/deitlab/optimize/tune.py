@@ -24,6 +24,7 @@ from deitlab.optimize.cache import cache_key, open_cache, use_inductor_cache
 from deitlab.optimize.measure import (
     Setting,
     StepTimer,
+    compile_error,
     compile_in_mode,
     plain_attention,
     precision_candidates,
@@ -51,6 +52,7 @@ class Plan:
     compile: bool = False
     times: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> candidate -> seconds per step
     compile_seconds: float | None = None  # the first compiled step, when a compile was measured
+    compile_error: str | None = None  # why torch.compile failed on this machine, when it did (not tried again)
     reasons: dict[str, str] = field(default_factory=dict)  # stage -> why
     source: str = "measured"  # measured | cache | short run | fixed | resumed
     busy: bool = False  # measured while other processes loaded the CPU: used, but not cached
@@ -205,6 +207,9 @@ def _decide_compile(
     if compile == "never" or example.device.type not in ("cpu", "cuda"):
         plan.compile, plan.reasons["compile"] = False, "switched off" if compile == "never" else "not on this device"
         return
+    if plan.compile_error and compile == "auto":  # cached: a compile that failed here is not tried on every run
+        plan.compile, plan.reasons["compile"] = False, f"torch.compile failed here before ({plan.compile_error})"
+        return
     step_s = plan.times.get("best", {}).get("step")
     measured = plan.times.get("compile")
     if compile == "auto":
@@ -225,17 +230,34 @@ def _decide_compile(
     setting = Setting(plan.precision, plan.attention, plan.threads)
     timer = StepTimer(model, example, mode)
     with untouched(model, example.device):
-        compile_s = timer.compile(setting)
-        times = timer.compare({"eager": setting, "compiled": setting.but(compiled=True)})
-    keep, why = choose.keep_compiled(times["eager"], times["compiled"], compile_s, expected_steps)
-    if compile == "always":
-        keep, why = True, f"asked; {why}"
-    plan.compile, plan.compile_seconds, plan.reasons["compile"] = keep, compile_s, why
-    plan.times["compile"] = times
-    if not keep:
-        timer.drop_compiled()
+        try:
+            compile_s = timer.compile(setting)
+            times = timer.compare({"eager": setting, "compiled": setting.but(compiled=True)})
+        except Exception as exc:  # noqa: BLE001 - the eager steps ran: this failure is torch.compile's
+            timer.drop_compiled()
+            _compile_failed(plan, compile, compile_error(exc))
+            times = {}
+    if times:
+        keep, why = choose.keep_compiled(times["eager"], times["compiled"], compile_s, expected_steps)
+        if compile == "always":
+            keep, why = True, f"asked; {why}"
+        plan.compile, plan.compile_seconds, plan.reasons["compile"] = keep, compile_s, why
+        plan.times["compile"], plan.compile_error = times, None
+        if not keep:
+            timer.drop_compiled()
     if store is not None and plan.source in ("measured", "cache") and not plan.busy:
         store.put(key, plan.to_dict())
+
+
+def _compile_failed(plan: Plan, compile: str, error: str) -> None:
+    """Record a failed compile (run eager), or stop with one line when it was asked for."""
+    if compile == "always":
+        raise ConfigError(
+            f"compile 'always' was asked, but torch.compile fails on this machine ({error}); install a C++ compiler "
+            "(e.g. g++) or use compile 'auto' (falls back to eager) or 'never'"
+        )
+    plan.compile, plan.compile_error = False, error
+    plan.reasons["compile"] = f"torch.compile failed here ({error}): eager"
 
 
 def apply_plan(model: nn.Module, plan: Plan) -> nn.Module:
