@@ -58,6 +58,9 @@ def test_auto_falls_back_to_eager_says_why_and_does_not_retry(monkeypatch: pytes
     again = plan_for(_model(), x, "train", precision="fp32", threads="keep", expected_steps=10**9)
     assert again.source == "cache" and calls == [1] and not again.compile
     assert again.reasons["compile"] == f"torch.compile failed here before ({ERROR})"
+    monkeypatch.setattr("deitlab.optimize.tune._toolchain", lambda: "/usr/local/bin/g++")  # a compiler installed
+    retried = plan_for(_model(), x, "train", precision="fp32", threads="keep", expected_steps=10**9)
+    assert calls == [1, 1] and not retried.compile and retried.compile_toolchain == "/usr/local/bin/g++"
 
 
 def test_always_stops_with_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,19 +100,21 @@ def test_the_models_own_error_is_not_mistaken_for_the_compilers(monkeypatch: pyt
 
 
 @pytest.mark.slow
-def test_a_real_compile_without_a_compiler(tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture) -> None:
+def test_a_real_compile_without_a_compiler(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Inductor itself, pointed at a compiler that does not exist (and with no cached kernels to reuse)."""
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (str(tmp_path / "no-such-g++"),))
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
-    monkeypatch.setattr(torch._inductor.config, "autotune_local_cache", False)
-    torch._dynamo.reset()
-    model, x = _model(), torch.randn(4, 1, 28, 28)
-    plan = plan_for(model, x, "train", precision="fp32", threads="keep", compile="auto", expected_steps=10**9)
-    assert not plan.compile and "InvalidCxxCompiler" in (plan.compile_error or "")
+    no_cxx = {"cpp.cxx": (str(tmp_path / "no-such-g++"),), "fx_graph_cache": False}
     argv = ["train", "--model", "deit_micro_distilled_patch4_28", "--data-set", "synthetic", "--epochs", "1",
             "--set", "train.compile=always", "--output-dir", str(tmp_path / "run")]  # fmt: skip
     torch._dynamo.reset()
-    assert main(argv) == 2
+    try:
+        with torch._inductor.config.patch(no_cxx):
+            model, x = _model(), torch.randn(4, 1, 28, 28)
+            plan = plan_for(model, x, "train", precision="fp32", threads="keep", expected_steps=10**9)
+            assert not plan.compile and "InvalidCxxCompiler" in (plan.compile_error or "")
+            torch._dynamo.reset()
+            assert main(argv) == 2
+    finally:
+        torch._dynamo.reset()  # no graph compiled under the patch outlives it
     err = capsys.readouterr().err
     assert "Traceback" not in err and not (tmp_path / "run").exists()
     last = err.strip().splitlines()[-1]

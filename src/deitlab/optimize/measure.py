@@ -169,7 +169,9 @@ class StepTimer:
 
 
 def compile_error(exc: BaseException) -> str:
-    """A torch.compile failure in one line: its type and the first line of its message."""
+    """A torch.compile failure in one line: its type and the first line of its message (the backend's own error
+    when dynamo wraps it: ``BackendCompilerFailed``'s first line only says which backend raised)."""
+    exc = getattr(exc, "inner_exception", None) or exc
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:300]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +53,8 @@ class Plan:
     compile: bool = False
     times: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> candidate -> seconds per step
     compile_seconds: float | None = None  # the first compiled step, when a compile was measured
-    compile_error: str | None = None  # why torch.compile failed on this machine, when it did (not tried again)
+    compile_error: str | None = None  # why torch.compile failed on this machine, when it did
+    compile_toolchain: str | None = None  # the C++ compiler found then: the failure is not retried until it changes
     reasons: dict[str, str] = field(default_factory=dict)  # stage -> why
     source: str = "measured"  # measured | cache | short run | fixed | resumed
     busy: bool = False  # measured while other processes loaded the CPU: used, but not cached
@@ -207,7 +209,7 @@ def _decide_compile(
     if compile == "never" or example.device.type not in ("cpu", "cuda"):
         plan.compile, plan.reasons["compile"] = False, "switched off" if compile == "never" else "not on this device"
         return
-    if plan.compile_error and compile == "auto":  # cached: a compile that failed here is not tried on every run
+    if plan.compile_error and compile == "auto" and plan.compile_toolchain == _toolchain():  # cached failure
         plan.compile, plan.reasons["compile"] = False, f"torch.compile failed here before ({plan.compile_error})"
         return
     step_s = plan.times.get("best", {}).get("step")
@@ -256,8 +258,15 @@ def _compile_failed(plan: Plan, compile: str, error: str) -> None:
             f"compile 'always' was asked, but torch.compile fails on this machine ({error}); install a C++ compiler "
             "(e.g. g++) or use compile 'auto' (falls back to eager) or 'never'"
         )
-    plan.compile, plan.compile_error = False, error
+    plan.compile, plan.compile_error, plan.compile_toolchain = False, error, _toolchain()
     plan.reasons["compile"] = f"torch.compile failed here ({error}): eager"
+
+
+def _toolchain() -> str:
+    """The C++ compiler torch.compile's CPU code generation would call ('' when none is on the PATH)."""
+    import torch._inductor.config as inductor
+
+    return next((path for name in inductor.cpp.cxx if name and (path := shutil.which(name))), "")
 
 
 def apply_plan(model: nn.Module, plan: Plan) -> nn.Module:
