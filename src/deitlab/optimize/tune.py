@@ -238,15 +238,14 @@ def _decide_compile(
         except Exception as exc:  # noqa: BLE001 - the eager steps ran: this failure is torch.compile's
             timer.drop_compiled()
             _compile_failed(plan, compile, compile_error(exc))
-            times = {}
-    if times:
-        keep, why = choose.keep_compiled(times["eager"], times["compiled"], compile_s, expected_steps)
-        if compile == "always":
-            keep, why = True, f"asked; {why}"
-        plan.compile, plan.compile_seconds, plan.reasons["compile"] = keep, compile_s, why
-        plan.times["compile"], plan.compile_error = times, None
-        if not keep:
-            timer.drop_compiled()
+        else:
+            keep, why = choose.keep_compiled(times["eager"], times["compiled"], compile_s, expected_steps)
+            if compile == "always":
+                keep, why = True, f"asked; {why}"
+            plan.compile, plan.compile_seconds, plan.reasons["compile"] = keep, compile_s, why
+            plan.times["compile"], plan.compile_error = times, None
+            if not keep:
+                timer.drop_compiled()
     if store is not None and plan.source in ("measured", "cache") and not plan.busy:
         store.put(key, plan.to_dict())
 
